@@ -1,0 +1,270 @@
+//! The uploaded notification, agent -> ingest (`cap/{env}/ingest/uploaded`, consumed through
+//! the shared subscription `$share/ingest/cap/{env}/ingest/uploaded`).
+//!
+//! Sent by the agent once a clip is fully in the object store; the ingest verifies the object
+//! against it, catalogs the clip and answers with a [`Confirm`](crate::Confirm).
+//!
+//! ```json
+//! {"v":1,"clip_id":"01JD...","device":"pi-07","station":"pack-03","camera":"top","order":"SO-2026-000123",
+//!  "kind":"video","bucket":"factory-media","key":"prod/2026/11/23/SO-2026-000123/01JD....mp4",
+//!  "size":73400320,"sha256":"<hex>","content_type":"video/mp4","started_at":"...","ended_at":"...",
+//!  "duration_ms":45000,"preroll_ms":3000,"truncated":false,"clock_synced":true,"meta":{}}
+//! ```
+//!
+//! [`parse_uploaded`] also checks what the fields imply about each other: the key is the
+//! clip's [`object_key`] in the receiver's env, the content type matches the kind, and the
+//! clip does not end before it starts.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::clip::{OBJECT_METADATA_KEYS, object_key};
+use crate::wire::decode;
+use crate::{
+    CameraName, ClipId, ClipKind, DecodeError, DeviceId, Env, Meta, OrderId, ProtocolV1, Sha256Hex,
+    StationId, Timestamp,
+};
+
+/// A clip that is in the object store, as the agent describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Uploaded {
+    /// Always 1.
+    pub v: ProtocolV1,
+    /// The clip.
+    pub clip_id: ClipId,
+    /// The Pi that recorded it; the confirmation goes to `cap/{env}/device/{device}/confirm`.
+    pub device: DeviceId,
+    /// The station it was recorded at.
+    pub station: StationId,
+    /// The camera.
+    pub camera: CameraName,
+    /// The order.
+    pub order: OrderId,
+    /// Video or photo.
+    pub kind: ClipKind,
+    /// The bucket holding the object.
+    pub bucket: String,
+    /// The object key: `{env}/{yyyy}/{mm}/{dd}/{order}/{clip_id}.{mp4|jpg}`.
+    pub key: String,
+    /// Object size in bytes.
+    pub size: u64,
+    /// SHA-256 of the object, also in its `sha256` metadata.
+    pub sha256: Sha256Hex,
+    /// `video/mp4` or `image/jpeg`, as the kind says.
+    pub content_type: String,
+    /// Start of the clip, pre-roll included.
+    pub started_at: Timestamp,
+    /// End of the clip, post-roll included.
+    pub ended_at: Timestamp,
+    /// Duration measured by decoding (0 for photos).
+    pub duration_ms: u64,
+    /// How much of the clip precedes the `start` command.
+    pub preroll_ms: u64,
+    /// Closed by `max_secs` or by a crash instead of by `stop`.
+    pub truncated: bool,
+    /// Whether the Pi's clock was NTP-synced while recording (times are wrong otherwise).
+    pub clock_synced: bool,
+    /// The `meta` of the command, unchanged.
+    #[serde(default)]
+    pub meta: Meta,
+}
+
+impl Uploaded {
+    /// The key this clip must have in environment `env`.
+    pub fn expected_key(&self, env: &Env) -> String {
+        object_key(env, self.started_at, &self.order, &self.clip_id, self.kind)
+    }
+
+    /// The user metadata the object carries, named as in [`OBJECT_METADATA_KEYS`].
+    pub fn object_metadata(&self) -> [(&'static str, &str); 5] {
+        let [sha256, order, station, camera, clip_id] = OBJECT_METADATA_KEYS;
+        [
+            (sha256, self.sha256.as_str()),
+            (order, self.order.as_str()),
+            (station, self.station.as_str()),
+            (camera, self.camera.as_str()),
+            (clip_id, self.clip_id.as_str()),
+        ]
+    }
+
+    /// Checks what the fields imply about each other, for environment `env`.
+    pub fn check(&self, env: &Env) -> Result<(), UploadedError> {
+        let expected = self.expected_key(env);
+        if self.key != expected {
+            return Err(UploadedError::KeyMismatch {
+                clip_id: self.clip_id.clone(),
+                key: self.key.clone(),
+                expected,
+            });
+        }
+        if self.content_type != self.kind.content_type() {
+            return Err(UploadedError::ContentTypeMismatch {
+                clip_id: self.clip_id.clone(),
+                content_type: self.content_type.clone(),
+                kind: self.kind,
+            });
+        }
+        if self.ended_at < self.started_at {
+            return Err(UploadedError::EndsBeforeStart {
+                clip_id: self.clip_id.clone(),
+                started_at: self.started_at,
+                ended_at: self.ended_at,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why an uploaded notification was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadedError {
+    /// Too large, not JSON, or a field missing, mistyped or out of rule.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The key is not the clip's key in this environment.
+    #[error("clip {clip_id}: key {key:?} is not the expected {expected:?}")]
+    KeyMismatch {
+        /// The clip.
+        clip_id: ClipId,
+        /// The key it names.
+        key: String,
+        /// The key it must have.
+        expected: String,
+    },
+    /// The content type does not match the kind.
+    #[error("clip {clip_id}: content type {content_type:?} does not match kind {kind}")]
+    ContentTypeMismatch {
+        /// The clip.
+        clip_id: ClipId,
+        /// The content type it names.
+        content_type: String,
+        /// Its kind.
+        kind: ClipKind,
+    },
+    /// `ended_at` is before `started_at`.
+    #[error("clip {clip_id}: ends at {ended_at}, before it starts at {started_at}")]
+    EndsBeforeStart {
+        /// The clip.
+        clip_id: ClipId,
+        /// Its start.
+        started_at: Timestamp,
+        /// Its end.
+        ended_at: Timestamp,
+    },
+}
+
+/// Parses and checks an uploaded notification received by the ingest of environment `own_env`.
+pub fn parse_uploaded(payload: &[u8], own_env: &Env) -> Result<Uploaded, UploadedError> {
+    let uploaded: Uploaded = decode(payload, "uploaded notification")?;
+    uploaded.check(own_env)?;
+    Ok(uploaded)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// DESIGN.md section 3, with a real clip id, digest and times in place of placeholders.
+    pub(crate) const EXAMPLE: &str = r#"{"v":1,"clip_id":"01JDQ3Z8M4X5V6W7Y8Z9A0B1C2","device":"pi-07","station":"pack-03","camera":"top","order":"SO-2026-000123","kind":"video","bucket":"factory-media","key":"prod/2026/11/23/SO-2026-000123/01JDQ3Z8M4X5V6W7Y8Z9A0B1C2.mp4","size":73400320,"sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","content_type":"video/mp4","started_at":"2026-11-23T10:00:00Z","ended_at":"2026-11-23T10:00:45Z","duration_ms":45000,"preroll_ms":3000,"truncated":false,"clock_synced":true,"meta":{}}"#;
+
+    pub(crate) fn example() -> Uploaded {
+        serde_json::from_str(EXAMPLE).unwrap()
+    }
+
+    fn prod() -> Env {
+        "prod".parse().unwrap()
+    }
+
+    fn with(field: &str, value: Value) -> Vec<u8> {
+        let mut notification: Value = serde_json::from_str(EXAMPLE).unwrap();
+        notification[field] = value;
+        serde_json::to_vec(&notification).unwrap()
+    }
+
+    #[test]
+    fn design_example_round_trips_exactly() {
+        let uploaded = parse_uploaded(EXAMPLE.as_bytes(), &prod()).unwrap();
+        assert_eq!(serde_json::to_string(&uploaded).unwrap(), EXAMPLE);
+    }
+
+    #[test]
+    fn meta_is_carried_unchanged() {
+        let meta = json!({"sku":"JERSEY-9","operator":"ana","batch":7});
+        let uploaded = parse_uploaded(&with("meta", meta.clone()), &prod()).unwrap();
+        assert_eq!(
+            serde_json::to_string(&uploaded.meta).unwrap(),
+            r#"{"sku":"JERSEY-9","operator":"ana","batch":7}"#
+        );
+    }
+
+    #[test]
+    fn object_metadata_names_every_field() {
+        let uploaded = example();
+        assert_eq!(
+            uploaded.object_metadata(),
+            [
+                (
+                    "sha256",
+                    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+                ),
+                ("order", "SO-2026-000123"),
+                ("station", "pack-03"),
+                ("camera", "top"),
+                ("clip-id", "01JDQ3Z8M4X5V6W7Y8Z9A0B1C2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_of_another_env_is_refused() {
+        let error = parse_uploaded(EXAMPLE.as_bytes(), &"dev".parse().unwrap()).unwrap_err();
+        assert!(
+            matches!(error, UploadedError::KeyMismatch { .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("dev/2026/11/23/SO-2026-000123/"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn inconsistent_notifications_are_refused() {
+        let key_traversal = with("key", json!("prod/2026/11/23/../../x.mp4"));
+        let photo_as_video = with("kind", json!("photo"));
+        let wrong_type = with("content_type", json!("image/jpeg"));
+        let backwards = with("ended_at", json!("2026-11-23T09:59:59Z"));
+        for payload in [key_traversal, photo_as_video, wrong_type, backwards] {
+            assert!(parse_uploaded(&payload, &prod()).is_err());
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_decode_errors_naming_the_input() {
+        for (field, value) in [
+            ("order", json!("../etc")),
+            ("sha256", json!("<hex>")),
+            ("size", json!(-1)),
+            ("clip_id", json!("01JD...")),
+            ("meta", json!([])),
+        ] {
+            let error = parse_uploaded(&with(field, value), &prod()).unwrap_err();
+            assert!(
+                matches!(error, UploadedError::Decode(_)),
+                "{field}: {error}"
+            );
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("invalid uploaded notification: "),
+                "{error}"
+            );
+        }
+        let too_large = vec![b' '; crate::MAX_PAYLOAD_BYTES + 1];
+        assert!(matches!(
+            parse_uploaded(&too_large, &prod()),
+            Err(UploadedError::Decode(DecodeError::TooLarge { .. }))
+        ));
+    }
+}
