@@ -1,0 +1,266 @@
+//! The camera pipeline: one per camera, running continuously.
+//!
+//! ```text
+//! source ─ (decode/convert) ─ timeoverlay ─ tee ─┬─ queue ─ encoder ─ h264parse ─ appsink "encoded"  -> actor: pre-roll ring, recording
+//!                                                └─ valve ─ queue ─ jpegenc ─ appsink "jpeg"        -> actor: snapshots
+//! passthrough:  source (H.264) ─ h264parse ─ appsink "encoded"
+//! ```
+//!
+//! The pipeline never changes for a recording or a snapshot: recordings are separate small
+//! muxing pipelines fed by the actor (`writer.rs`), and the snapshot branch is a valve
+//! that the actor opens until one JPEG has come out (closed, it drops frames at once, holding
+//! no buffer of the camera's pool).
+//!
+//! The overlay is a `timeoverlay` showing `text` followed by the UTC time of each frame: it
+//! renders the frame's running time as a date counted from `datetime-epoch`, which the actor
+//! sets to "UTC now minus running time now" and re-anchors periodically (the Pi has no RTC, so
+//! the wall clock can jump when NTP syncs after boot).
+//!
+//! Callbacks (appsinks, bus) run on GStreamer threads: they only forward to the actor's
+//! channel. Every state change happens on the actor thread.
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use time::OffsetDateTime;
+
+use super::encoder::{EncoderKind, require_element};
+use super::error::CaptureError;
+use super::spec::CameraSpec;
+
+/// `strftime` format of the burned-in time.
+const OVERLAY_TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S UTC";
+
+/// Describes the pipeline from the source to H.264 in `gst-launch-1.0` syntax, ending with the
+/// H.264 parser (no sink). Shared by the engine and the benchmark so both run the same elements.
+pub fn encode_description(spec: &CameraSpec, kind: EncoderKind, overlay_text: &str) -> String {
+    let raw_caps = format!(
+        "video/x-raw,width={},height={},framerate={}/1",
+        spec.resolution.width, spec.resolution.height, spec.fps
+    );
+    match kind.launch_fragment(spec) {
+        None => format!(
+            "{} ! video/x-h264,stream-format=avc,alignment=au",
+            spec.source
+                .launch_fragment(spec.input_format, &raw_caps, false)
+        ),
+        Some(encoder) => {
+            let source = spec
+                .source
+                .launch_fragment(spec.input_format, &raw_caps, true);
+            let overlay = if spec.overlay {
+                format!(" ! {}", overlay_description(overlay_text))
+            } else {
+                String::new()
+            };
+            format!(
+                "{source}{overlay} ! tee name=split \
+                 split. ! queue name=encode-queue max-size-buffers=4 max-size-bytes=0 max-size-time=0 leaky=downstream \
+                 ! {encoder} ! h264parse config-interval=-1 ! video/x-h264,stream-format=avc,alignment=au"
+            )
+        }
+    }
+}
+
+fn overlay_description(text: &str) -> String {
+    let text = text.replace(['"', '\\'], "");
+    format!(
+        "timeoverlay name=overlay time-mode=running-time show-times-as-dates=true \
+         datetime-format=\"{OVERLAY_TIME_FORMAT}\" halignment=left valignment=top \
+         shaded-background=true font-desc=\"Sans 12\" text=\"{text}\""
+    )
+}
+
+/// The `gst-launch-1.0 -e` command line equivalent of recording `spec` to `out` (fragmented
+/// MP4): the floor the benchmark compares the engine against.
+pub fn launch_equivalent(
+    spec: &CameraSpec,
+    kind: EncoderKind,
+    overlay_text: &str,
+    out: &str,
+) -> String {
+    format!(
+        "{} ! mp4mux fragment-duration=1000 ! filesink location=\"{out}\"",
+        encode_description(spec, kind, overlay_text)
+    )
+}
+
+/// The running camera pipeline and the elements the actor talks to.
+#[derive(Debug)]
+pub(crate) struct CameraPipeline {
+    pub(crate) pipeline: gst::Pipeline,
+    encoded: gst_app::AppSink,
+    overlay: Option<gst::Element>,
+    snapshot_valve: Option<gst::Element>,
+}
+
+/// Where a pipeline's callbacks send what they receive (each runs on a GStreamer thread).
+pub(crate) struct PipelineCallbacks {
+    pub(crate) on_encoded: Box<dyn Fn(gst::Sample) + Send + Sync>,
+    pub(crate) on_jpeg: Box<dyn Fn(gst::Sample) + Send + Sync>,
+    pub(crate) on_message: Box<dyn Fn(&gst::Message) + Send + Sync>,
+}
+
+impl CameraPipeline {
+    /// Builds (but does not start) the pipeline for `spec`.
+    pub(crate) fn build(
+        spec: &CameraSpec,
+        kind: EncoderKind,
+        overlay_text: &str,
+        callbacks: PipelineCallbacks,
+    ) -> Result<Self, CaptureError> {
+        require_element(spec.source.element())?;
+        let snapshots = kind != EncoderKind::Passthrough;
+        let mut description = format!(
+            "{} ! appsink name=encoded sync=false async=false max-buffers=64 drop=false",
+            encode_description(spec, kind, overlay_text)
+        );
+        if snapshots {
+            description.push_str(
+                " split. ! valve name=snapshot-valve drop=true drop-mode=forward-sticky-events \
+                 ! queue max-size-buffers=1 leaky=downstream ! jpegenc quality=85 \
+                 ! appsink name=jpeg sync=false async=false max-buffers=2 drop=true",
+            );
+        }
+        let pipeline = gst::parse::launch(&description)
+            .map_err(|e| CaptureError::Pipeline {
+                camera: spec.name.clone(),
+                device: spec.source.device(),
+                detail: format!("building `{description}`: {e}"),
+            })?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| CaptureError::Gst("the description did not give a pipeline".into()))?;
+        pipeline.set_property("name", format!("camera-{}", spec.name));
+
+        let appsink = |name: &str| -> Result<gst_app::AppSink, CaptureError> {
+            pipeline
+                .by_name(name)
+                .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+                .ok_or_else(|| {
+                    CaptureError::Gst(format!("appsink {name} missing from the pipeline"))
+                })
+        };
+        let PipelineCallbacks {
+            on_encoded,
+            on_jpeg,
+            on_message,
+        } = callbacks;
+        let encoded = appsink("encoded")?;
+        encoded.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    if let Ok(sample) = sink.pull_sample() {
+                        on_encoded(sample);
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        let mut snapshot_valve = None;
+        if snapshots {
+            appsink("jpeg")?.set_callbacks(
+                gst_app::AppSinkCallbacks::builder()
+                    .new_sample(move |sink| {
+                        if let Ok(sample) = sink.pull_sample() {
+                            on_jpeg(sample);
+                        }
+                        Ok(gst::FlowSuccess::Ok)
+                    })
+                    .build(),
+            );
+            snapshot_valve = pipeline.by_name("snapshot-valve");
+        }
+        // The only consumer of this bus: forward, never handle here.
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| CaptureError::Gst("pipeline without a bus".into()))?;
+        bus.set_sync_handler(move |_, message| {
+            on_message(message);
+            gst::BusSyncReply::Drop
+        });
+        let overlay = pipeline.by_name("overlay");
+        Ok(Self {
+            pipeline,
+            encoded,
+            overlay,
+            snapshot_valve,
+        })
+    }
+
+    /// The pipeline's running time now (the clock of every frame timestamp).
+    pub(crate) fn running_time(&self) -> Option<gst::ClockTime> {
+        self.pipeline.current_running_time()
+    }
+
+    /// Sets the overlay's text (no-op without overlay). Safe while playing.
+    pub(crate) fn set_overlay_text(&self, text: &str) {
+        if let Some(overlay) = &self.overlay {
+            overlay.set_property("text", text);
+        }
+    }
+
+    /// Anchors the overlay's clock: a frame with running time `t` shows `epoch + t`, where
+    /// `epoch` is UTC now minus the running time now. Returns the epoch.
+    pub(crate) fn anchor_overlay_clock(&self) -> Option<OffsetDateTime> {
+        let running = self.running_time()?;
+        let epoch =
+            OffsetDateTime::now_utc() - time::Duration::nanoseconds(running.nseconds() as i64);
+        if let Some(overlay) = &self.overlay {
+            let whole = epoch.unix_timestamp();
+            let frac = f64::from(epoch.nanosecond()) / 1e9;
+            match gst::glib::DateTime::from_unix_utc(whole).and_then(|d| d.add_seconds(frac)) {
+                Ok(date) => overlay.set_property("datetime-epoch", &date),
+                Err(e) => tracing::warn!(error = %e, "cannot set the overlay clock"),
+            }
+        }
+        Some(epoch)
+    }
+
+    /// Opens or closes the snapshot branch. Returns false when there is none (passthrough).
+    pub(crate) fn set_snapshot_branch(&self, open: bool) -> bool {
+        match &self.snapshot_valve {
+            Some(valve) => {
+                valve.set_property("drop", !open);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks the encoder (upstream of the encoded appsink) for a keyframe as soon as possible.
+    pub(crate) fn request_keyframe(&self) {
+        let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        if !self.encoded.send_event(event) {
+            tracing::debug!("the encoder ignored the keyframe request");
+        }
+    }
+
+    /// Stops the pipeline and releases the device. Call from the actor thread only.
+    pub(crate) fn stop(&self) {
+        if let Err(e) = self.pipeline.set_state(gst::State::Null) {
+            tracing::warn!(error = %e, "camera pipeline did not stop cleanly");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::source::Source;
+
+    #[test]
+    fn the_benchmark_runs_the_engines_elements() {
+        let spec = CameraSpec::new("top", Source::Test);
+        let engine = encode_description(&spec, EncoderKind::X264, "top");
+        let floor = launch_equivalent(&spec, EncoderKind::X264, "top", "/tmp/x.mp4");
+        assert!(floor.starts_with(&engine));
+        assert!(engine.contains(
+            "x264enc name=encoder speed-preset=ultrafast tune=zerolatency key-int-max=30"
+        ));
+        assert!(
+            floor.ends_with("mp4mux fragment-duration=1000 ! filesink location=\"/tmp/x.mp4\"")
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! The capture agent: the daemon that runs on every station's Raspberry Pi.
+//!
+//! See `ARCHITECTURE.md` at the repository root for how a clip travels from the line's
+//! command to the core system's event.
+
+pub mod capture;
+pub mod cli;
+pub mod spool;
+pub mod station;
+
+/// The agent's version, as reported by `--version` and in the station status.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

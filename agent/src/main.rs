@@ -1,0 +1,81 @@
+//! `capture-agent`: command-line entry point. Every subcommand lives in the library.
+
+use std::process::ExitCode;
+
+use capture_agent::cli;
+use clap::{Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Which cameras does this Pi have, and in which modes?
+  capture-agent cameras
+
+  # Record 5 s from the test pattern (no camera needed), then check the file
+  capture-agent record --source test --seconds 5 --out /tmp/clip.mp4
+  capture-agent inspect /tmp/clip.mp4
+
+  # Record a USB camera at 1280x720, 30 fps, MJPEG input, with 3 s of pre-roll
+  capture-agent record --source v4l2:/dev/v4l/by-id/usb-046d_C920-video-index0 \\
+      --size 1280x720 --fps 30 --input-format mjpeg --preroll 3s --seconds 10 --out top.mp4
+
+  # One photo from a CSI camera
+  capture-agent snapshot --source libcamera --size 1920x1080 --out shot.jpg
+
+  # Seal a clip left as .part by a crash (rewrites the container, no re-encoding)
+  capture-agent seal /var/lib/capture-agent/spool/01JD.mp4.part";
+
+/// Records order-tagged video and photos at a station and uploads them to object storage.
+#[derive(Debug, Parser)]
+#[command(name = "capture-agent", version, about, after_long_help = EXAMPLES)]
+struct Cli {
+    /// Log filter (tracing syntax, e.g. `info` or `capture_agent=debug`).
+    #[arg(long, global = true, env = "CAPTURE_AGENT_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Record one clip from a camera, as the daemon would (operator test).
+    #[command(
+        after_long_help = "Example:\n  capture-agent record --source test --size 1280x720 --seconds 5 --out clip.mp4\n\n\
+        The clip is written as clip.mp4.part (fragmented MP4, one fragment per second) and\n\
+        renamed to clip.mp4 once sealed. If the command is killed, seal the .part with\n\
+        `capture-agent seal clip.mp4.part`."
+    )]
+    Record(cli::RecordArgs),
+    /// Take one JPEG from a running camera pipeline.
+    #[command(
+        after_long_help = "Example:\n  capture-agent snapshot --source test --size 640x480 --out shot.jpg"
+    )]
+    Snapshot(cli::SnapshotArgs),
+    /// List the cameras GStreamer can see (V4L2 and libcamera) with their formats and sizes.
+    Cameras,
+    /// Seal `*.part` files left by a crash: rewrite the container from the complete frames.
+    Seal(cli::SealArgs),
+    /// Read every frame of MP4 files and report frames, duration and first keyframe.
+    Inspect(cli::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Record(args) => cli::record(args),
+        Command::Snapshot(args) => cli::snapshot(args),
+        Command::Cameras => cli::cameras(),
+        Command::Seal(args) => cli::seal(args),
+        Command::Inspect(args) => cli::inspect(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Clips and photos in the spool, and the states they go through.
+//!
+//! ```text
+//! recording ──stop/seal──▶ sealed ──▶ uploading ──▶ uploaded ──confirm accepted──▶ accepted
+//!     │                      ▲            │             │                              │
+//!     └──abort──▶ aborted    └── retry ───┘             └──rejected (integrity)──▶ sealed
+//!                                                        rejected (other) ──▶ failed   ▼
+//!                                                                    evictable: file deleted
+//! ```
+//!
+//! Only `accepted` clips may have their file deleted (disk eviction); every other state keeps
+//! the file. A photo is inserted directly as `sealed`.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{SpoolError, now_text};
+
+/// Where a clip is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClipState {
+    Recording,
+    Sealed,
+    Uploading,
+    Uploaded,
+    Accepted,
+    Failed,
+    Aborted,
+}
+
+impl ClipState {
+    pub const ALL: [ClipState; 7] = [
+        ClipState::Recording,
+        ClipState::Sealed,
+        ClipState::Uploading,
+        ClipState::Uploaded,
+        ClipState::Accepted,
+        ClipState::Failed,
+        ClipState::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClipState::Recording => "recording",
+            ClipState::Sealed => "sealed",
+            ClipState::Uploading => "uploading",
+            ClipState::Uploaded => "uploaded",
+            ClipState::Accepted => "accepted",
+            ClipState::Failed => "failed",
+            ClipState::Aborted => "aborted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ClipState> {
+        ClipState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether the clip still waits for the cloud (counted in the status's queue).
+    pub fn is_queued(self) -> bool {
+        matches!(
+            self,
+            ClipState::Sealed | ClipState::Uploading | ClipState::Uploaded
+        )
+    }
+}
+
+/// A clip as it is created by a `start` (state `recording`) or a `snapshot` (state `sealed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewClip {
+    pub clip_id: String,
+    pub order: String,
+    pub camera: String,
+    /// `video` or `photo`.
+    pub kind: String,
+    pub state: ClipState,
+    pub path: String,
+    pub started_at: String,
+    pub preroll_ms: i64,
+    pub clock_synced: bool,
+    pub meta: Option<String>,
+}
+
+/// A clip as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipRow {
+    pub clip_id: String,
+    pub order: String,
+    pub camera: String,
+    pub kind: String,
+    pub state: ClipState,
+    pub path: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub preroll_ms: i64,
+    pub size: Option<i64>,
+    pub sha256: Option<String>,
+    pub truncated: bool,
+    pub clock_synced: bool,
+    pub meta: Option<String>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub bytes_sent: i64,
+    pub updated_at: String,
+}
+
+const COLUMNS: &str = "clip_id, order_id, camera, kind, state, path, started_at, ended_at, \
+     duration_ms, preroll_ms, size, sha256, truncated, clock_synced, meta, attempts, last_error, \
+     bytes_sent, updated_at";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<(ClipRow, String)> {
+    let state: String = row.get(4)?;
+    Ok((
+        ClipRow {
+            clip_id: row.get(0)?,
+            order: row.get(1)?,
+            camera: row.get(2)?,
+            kind: row.get(3)?,
+            state: ClipState::Recording,
+            path: row.get(5)?,
+            started_at: row.get(6)?,
+            ended_at: row.get(7)?,
+            duration_ms: row.get(8)?,
+            preroll_ms: row.get(9)?,
+            size: row.get(10)?,
+            sha256: row.get(11)?,
+            truncated: row.get(12)?,
+            clock_synced: row.get(13)?,
+            meta: row.get(14)?,
+            attempts: row.get(15)?,
+            last_error: row.get(16)?,
+            bytes_sent: row.get(17)?,
+            updated_at: row.get(18)?,
+        },
+        state,
+    ))
+}
+
+fn with_state((mut clip, state): (ClipRow, String)) -> Result<ClipRow, SpoolError> {
+    clip.state = ClipState::parse(&state).ok_or_else(|| SpoolError::Corrupt {
+        clip_id: clip.clip_id.clone(),
+        what: format!("unknown state {state:?}"),
+    })?;
+    Ok(clip)
+}
+
+pub fn insert(connection: &Connection, clip: &NewClip) -> Result<(), SpoolError> {
+    connection.execute(
+        "INSERT INTO clips (clip_id, order_id, camera, kind, state, path, started_at, preroll_ms,
+                            clock_synced, meta, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            clip.clip_id,
+            clip.order,
+            clip.camera,
+            clip.kind,
+            clip.state.as_str(),
+            clip.path,
+            clip.started_at,
+            clip.preroll_ms,
+            clip.clock_synced,
+            clip.meta,
+            now_text(),
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn get(connection: &Connection, clip_id: &str) -> Result<Option<ClipRow>, SpoolError> {
+    connection
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM clips WHERE clip_id = ?1"),
+            [clip_id],
+            from_row,
+        )
+        .optional()?
+        .map(with_state)
+        .transpose()
+}
+
+pub fn set_state(
+    connection: &Connection,
+    clip_id: &str,
+    state: ClipState,
+) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET state = ?2, updated_at = ?3 WHERE clip_id = ?1",
+        params![clip_id, state.as_str(), now_text()],
+    )?;
+    Ok(())
+}
+
+/// What sealing a file established about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sealed {
+    pub path: String,
+    pub size: i64,
+    pub sha256: String,
+    pub duration_ms: i64,
+    pub ended_at: String,
+    pub truncated: bool,
+}
+
+/// Records a sealed file and moves the clip to `sealed` (ready for upload).
+pub fn seal(connection: &Connection, clip_id: &str, sealed: &Sealed) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET state = 'sealed', path = ?2, size = ?3, sha256 = ?4, duration_ms = ?5,
+                          ended_at = ?6, truncated = ?7, updated_at = ?8
+         WHERE clip_id = ?1",
+        params![
+            clip_id,
+            sealed.path,
+            sealed.size,
+            sealed.sha256,
+            sealed.duration_ms,
+            sealed.ended_at,
+            sealed.truncated,
+            now_text()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Clips in `state`, oldest first (the upload order).
+pub fn in_state(
+    connection: &Connection,
+    state: ClipState,
+    limit: usize,
+) -> Result<Vec<ClipRow>, SpoolError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {COLUMNS} FROM clips WHERE state = ?1 ORDER BY started_at, clip_id LIMIT ?2"
+    ))?;
+    let rows = statement.query_map(params![state.as_str(), limit as i64], from_row)?;
+    rows.map(|row| with_state(row?)).collect()
+}
+
+/// Number of clips and bytes per state, for the status, the metrics and `capture-agent spool`.
+pub fn totals(connection: &Connection) -> Result<Vec<(ClipState, i64, i64)>, SpoolError> {
+    let mut statement = connection.prepare(
+        "SELECT state, count(*), coalesce(sum(size), 0) FROM clips GROUP BY state ORDER BY state",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut totals = Vec::new();
+    for row in rows {
+        let (state, count, bytes) = row?;
+        let state = ClipState::parse(&state).ok_or_else(|| SpoolError::Corrupt {
+            clip_id: "*".into(),
+            what: format!("unknown state {state:?}"),
+        })?;
+        totals.push((state, count, bytes));
+    }
+    Ok(totals)
+}
+
+/// Counts an upload attempt that failed, with its error.
+pub fn record_failure(
+    connection: &Connection,
+    clip_id: &str,
+    error: &str,
+) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET attempts = attempts + 1, last_error = ?2, updated_at = ?3
+         WHERE clip_id = ?1",
+        params![clip_id, error, now_text()],
+    )?;
+    Ok(())
+}
+
+/// Records upload progress (bytes the store has acknowledged).
+pub fn set_bytes_sent(
+    connection: &Connection,
+    clip_id: &str,
+    bytes: i64,
+) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET bytes_sent = ?2, updated_at = ?3 WHERE clip_id = ?1",
+        params![clip_id, bytes, now_text()],
+    )?;
+    Ok(())
+}
+
+/// Forgets a clip whose file was deleted (only `accepted` or `aborted` clips).
+pub fn remove(connection: &Connection, clip_id: &str) -> Result<bool, SpoolError> {
+    Ok(connection.execute(
+        "DELETE FROM clips WHERE clip_id = ?1 AND state IN ('accepted', 'aborted')",
+        [clip_id],
+    )? == 1)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::spool::test_support::database;
+
+    pub(crate) fn new_clip(clip_id: &str) -> NewClip {
+        NewClip {
+            clip_id: clip_id.into(),
+            order: "SO-1".into(),
+            camera: "top".into(),
+            kind: "video".into(),
+            state: ClipState::Recording,
+            path: format!("/spool/{clip_id}.mp4.part"),
+            started_at: "2026-11-23T10:00:00Z".into(),
+            preroll_ms: 3000,
+            clock_synced: true,
+            meta: Some(r#"{"sku":"X"}"#.into()),
+        }
+    }
+
+    #[test]
+    fn a_clip_goes_from_recording_to_sealed_with_its_facts() {
+        let (_dir, connection) = database();
+        insert(&connection, &new_clip("A")).unwrap();
+        let sealed = Sealed {
+            path: "/spool/A.mp4".into(),
+            size: 1234,
+            sha256: "ab".repeat(32),
+            duration_ms: 45_000,
+            ended_at: "2026-11-23T10:00:45Z".into(),
+            truncated: true,
+        };
+        seal(&connection, "A", &sealed).unwrap();
+        let clip = get(&connection, "A").unwrap().unwrap();
+        assert_eq!(clip.state, ClipState::Sealed);
+        assert_eq!(clip.size, Some(1234));
+        assert_eq!(clip.duration_ms, Some(45_000));
+        assert!(clip.truncated);
+        assert_eq!(clip.meta.as_deref(), Some(r#"{"sku":"X"}"#));
+        assert_eq!(
+            in_state(&connection, ClipState::Sealed, 10).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn only_accepted_or_aborted_clips_can_be_removed() {
+        let (_dir, connection) = database();
+        insert(&connection, &new_clip("A")).unwrap();
+        for state in [
+            ClipState::Sealed,
+            ClipState::Uploading,
+            ClipState::Uploaded,
+            ClipState::Failed,
+        ] {
+            set_state(&connection, "A", state).unwrap();
+            assert!(!remove(&connection, "A").unwrap(), "{state:?} must be kept");
+        }
+        set_state(&connection, "A", ClipState::Accepted).unwrap();
+        assert!(remove(&connection, "A").unwrap());
+        assert!(get(&connection, "A").unwrap().is_none());
+    }
+
+    #[test]
+    fn totals_count_clips_and_bytes_by_state_and_failures_are_recorded() {
+        let (_dir, connection) = database();
+        insert(&connection, &new_clip("A")).unwrap();
+        insert(&connection, &new_clip("B")).unwrap();
+        record_failure(&connection, "B", "connection refused").unwrap();
+        let totals = totals(&connection).unwrap();
+        assert_eq!(totals, vec![(ClipState::Recording, 2, 0)]);
+        let b = get(&connection, "B").unwrap().unwrap();
+        assert_eq!(
+            (b.attempts, b.last_error.as_deref()),
+            (1, Some("connection refused"))
+        );
+    }
+
+    #[test]
+    fn every_state_round_trips_through_its_name() {
+        for state in ClipState::ALL {
+            assert_eq!(ClipState::parse(state.as_str()), Some(state));
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The spool's schema and its migrations.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. Each migration runs in a
+//! transaction of its own, so a crash mid-migration leaves the previous version intact. A
+//! migration, once released, is never edited: a change to the schema is a new entry.
+
+use rusqlite::Connection;
+
+use super::SpoolError;
+
+/// Every migration, in order. Index + 1 is the version it brings the database to.
+const MIGRATIONS: &[&str] = &[
+    // 1: inbox, clips, multipart progress, outbox.
+    r#"
+    CREATE TABLE inbox (
+        command_id  TEXT PRIMARY KEY,
+        received_at TEXT NOT NULL,
+        payload     BLOB NOT NULL,
+        -- The reply as published; NULL while the command is not decided yet.
+        reply       TEXT,
+        replied_at  TEXT
+    ) STRICT;
+
+    CREATE TABLE clips (
+        clip_id      TEXT PRIMARY KEY,
+        order_id     TEXT NOT NULL,
+        camera       TEXT NOT NULL,
+        kind         TEXT NOT NULL CHECK (kind IN ('video', 'photo')),
+        state        TEXT NOT NULL CHECK (state IN
+                       ('recording', 'sealed', 'uploading', 'uploaded', 'accepted', 'failed', 'aborted')),
+        path         TEXT NOT NULL,
+        started_at   TEXT NOT NULL,
+        ended_at     TEXT,
+        duration_ms  INTEGER,
+        preroll_ms   INTEGER NOT NULL DEFAULT 0,
+        size         INTEGER,
+        sha256       TEXT,
+        truncated    INTEGER NOT NULL DEFAULT 0,
+        clock_synced INTEGER NOT NULL,
+        -- The command's meta object, as JSON text, carried into the uploaded notification.
+        meta         TEXT,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_error   TEXT,
+        bytes_sent   INTEGER NOT NULL DEFAULT 0,
+        updated_at   TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX clips_by_state ON clips (state, started_at);
+    CREATE INDEX clips_by_order ON clips (order_id);
+
+    CREATE TABLE multipart (
+        clip_id    TEXT PRIMARY KEY REFERENCES clips (clip_id) ON DELETE CASCADE,
+        upload_id  TEXT NOT NULL,
+        part_size  INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE parts (
+        clip_id     TEXT NOT NULL REFERENCES multipart (clip_id) ON DELETE CASCADE,
+        part_number INTEGER NOT NULL,
+        etag        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        PRIMARY KEY (clip_id, part_number)
+    ) STRICT;
+
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic      TEXT NOT NULL,
+        payload    BLOB NOT NULL,
+        retain     INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    ) STRICT;
+    "#,
+];
+
+/// Brings the database to the newest schema.
+pub(super) fn migrate(connection: &mut Connection) -> Result<(), SpoolError> {
+    let current = check_version(connection)?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = index + 1;
+        let migrate = |source| SpoolError::Migrate { version, source };
+        let tx = connection.transaction().map_err(migrate)?;
+        tx.execute_batch(sql).map_err(migrate)?;
+        tx.pragma_update(None, "user_version", version as i64)
+            .map_err(migrate)?;
+        tx.commit().map_err(migrate)?;
+    }
+    Ok(())
+}
+
+/// The database's schema version; refuses a database newer than this agent.
+pub(super) fn check_version(connection: &Connection) -> Result<usize, SpoolError> {
+    let found: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let found = usize::try_from(found).unwrap_or(usize::MAX);
+    if found > MIGRATIONS.len() {
+        return Err(SpoolError::TooNew {
+            found,
+            known: MIGRATIONS.len(),
+        });
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_a_no_op_and_a_newer_database_is_refused() {
+        let (_dir, mut connection) = crate::spool::test_support::database();
+        migrate(&mut connection).unwrap();
+        assert_eq!(check_version(&connection).unwrap(), MIGRATIONS.len());
+        connection
+            .pragma_update(None, "user_version", 99i64)
+            .unwrap();
+        let err = migrate(&mut connection).unwrap_err();
+        assert!(err.to_string().contains("version 99"), "{err}");
+    }
+}
