@@ -179,6 +179,12 @@ impl CameraPipeline {
             gst::BusSyncReply::Drop
         });
         let overlay = pipeline.by_name("overlay");
+        // A live pipeline's running time starts at zero when it goes to PLAYING, a moment from
+        // now: anchor the clock to now so that the very first frames (the pre-roll of the
+        // first clip) show the right time; `anchor_overlay_clock` refines it once running.
+        if let Some(overlay) = &overlay {
+            set_overlay_epoch(overlay, OffsetDateTime::now_utc());
+        }
         Ok(Self {
             pipeline,
             encoded,
@@ -206,12 +212,7 @@ impl CameraPipeline {
         let epoch =
             OffsetDateTime::now_utc() - time::Duration::nanoseconds(running.nseconds() as i64);
         if let Some(overlay) = &self.overlay {
-            let whole = epoch.unix_timestamp();
-            let frac = f64::from(epoch.nanosecond()) / 1e9;
-            match gst::glib::DateTime::from_unix_utc(whole).and_then(|d| d.add_seconds(frac)) {
-                Ok(date) => overlay.set_property("datetime-epoch", &date),
-                Err(e) => tracing::warn!(error = %e, "cannot set the overlay clock"),
-            }
+            set_overlay_epoch(overlay, epoch);
         }
         Some(epoch)
     }
@@ -245,6 +246,16 @@ impl CameraPipeline {
     }
 }
 
+/// Makes the overlay show `epoch + running time` as each frame's UTC time.
+fn set_overlay_epoch(overlay: &gst::Element, epoch: OffsetDateTime) {
+    let whole = epoch.unix_timestamp();
+    let frac = f64::from(epoch.nanosecond()) / 1e9;
+    match gst::glib::DateTime::from_unix_utc(whole).and_then(|d| d.add_seconds(frac)) {
+        Ok(date) => overlay.set_property("datetime-epoch", &date),
+        Err(e) => tracing::warn!(error = %e, "cannot set the overlay clock"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +273,16 @@ mod tests {
         assert!(
             floor.ends_with("mp4mux fragment-duration=1000 ! filesink location=\"/tmp/x.mp4\"")
         );
+    }
+
+    #[test]
+    fn the_overlay_clock_shows_utc_now_not_its_1900_default() {
+        gst::init().unwrap();
+        let overlay = gst::ElementFactory::make("timeoverlay").build().unwrap();
+        let now = OffsetDateTime::now_utc();
+        set_overlay_epoch(&overlay, now);
+        let epoch: gst::glib::DateTime = overlay.property("datetime-epoch");
+        assert_eq!(epoch.year(), now.year());
+        assert_eq!(epoch.to_unix(), now.unix_timestamp());
     }
 }
