@@ -21,6 +21,10 @@ Examples:
   # One photo from a CSI camera
   capture-agent snapshot --source libcamera --size 1920x1080 --out shot.jpg
 
+  # Start a configuration, then check it (exit code 78 lists every problem)
+  capture-agent generate-config > /etc/capture-agent/agent.toml
+  capture-agent validate --config /etc/capture-agent/agent.toml
+
   # Seal a clip left as .part by a crash (rewrites the container, no re-encoding)
   capture-agent seal /var/lib/capture-agent/spool/01JD.mp4.part";
 
@@ -56,6 +60,10 @@ enum Command {
     Seal(cli::SealArgs),
     /// Read every frame of MP4 files and report frames, duration and first keyframe.
     Inspect(cli::InspectArgs),
+    /// Check a configuration file: every problem with its key; exit code 78 when invalid.
+    Validate(cli::ValidateArgs),
+    /// Print a commented default configuration to start from.
+    GenerateConfig,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +78,11 @@ fn main() -> ExitCode {
         Command::Cameras => cli::cameras(),
         Command::Seal(args) => cli::seal(args),
         Command::Inspect(args) => cli::inspect(args),
+        Command::Validate(args) => return cli::validate(args),
+        Command::GenerateConfig => {
+            cli::generate_config();
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

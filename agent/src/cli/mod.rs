@@ -7,12 +7,14 @@
 mod camera_args;
 mod cameras;
 mod clip;
+mod config;
 mod record;
 mod snapshot;
 
 pub use camera_args::CameraArgs;
 pub use cameras::cameras;
 pub use clip::{InspectArgs, SealArgs, inspect, seal};
+pub use config::{ValidateArgs, generate_config, validate};
 pub use record::{RecordArgs, record};
 pub use snapshot::{SnapshotArgs, snapshot};
 
