@@ -9,21 +9,22 @@ fn agent() -> Command {
 
 /// The generated default with its secret files pointed into `dir` (created, mode 0600).
 fn generated_config_in(dir: &std::path::Path) -> String {
-    let output = agent().arg("generate-config").output().unwrap();
+    let output = agent()
+        .arg("generate-config")
+        .output()
+        .expect("running capture-agent generate-config");
     assert!(output.status.success());
-    let mut text = String::from_utf8(output.stdout).unwrap();
+    let mut text = String::from_utf8(output.stdout).expect("the config is UTF-8");
     for name in [
         "mqtt-password",
         "obs-access-key-id",
         "obs-secret-access-key",
     ] {
         let path = dir.join(name);
-        std::fs::write(&path, "x\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        text = text.replace(
-            &format!("/etc/capture-agent/{name}"),
-            path.to_str().unwrap(),
-        );
+        std::fs::write(&path, "x\n").expect("writing a secret file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+        let path = path.to_str().expect("a UTF-8 temporary path");
+        text = text.replace(&format!("/etc/capture-agent/{name}"), path);
     }
     text
 }
