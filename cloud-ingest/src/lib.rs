@@ -1,5 +1,233 @@
 //! The cloud ingest: verifies every upload the agents announce, keeps the catalog in
 //! PostgreSQL and emits a completion CloudEvent to the core system over RabbitMQ.
+//!
+//! # The life of a notification
+//!
+//! ```text
+//! agent ─MQTT uploaded─> consumer (shared subscription, manual acks)
+//!       ─> verify (HEAD / full hash against the notification)
+//!       ─> catalog::commit (clip row + outbox event, one transaction)
+//!       ─> MQTT ack, confirm to cap/{env}/device/{device}/confirm
+//! outbox relay ─> RabbitMQ exchange capture.events (persistent, confirmed) ─> row marked sent
+//! api (axum) ─> catalog, presigned URLs, station status, health, metrics
+//! ```
+//!
+//! The service is stateless: every replica consumes from the same shared subscription and
+//! runs a relay; PostgreSQL is the only state. [`run`] takes the shutdown signal as a future
+//! (the binary wires SIGTERM and ctrl-c to it); the library installs no signal handler.
+//!
+//! Modules: [`config`] (file, env, secrets, validation), [`consumer`] (MQTT link and worker),
+//! [`verify`], [`catalog`] (+ `migrations/`), [`outbox`] (relay to AMQP), [`api`],
+//! [`telemetry`] (logs, metrics).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod consumer;
+pub mod outbox;
+pub mod telemetry;
+pub mod verify;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::AsyncClient;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::catalog::{CatalogError, Pool};
+use crate::config::{Config, ConfigError, Secrets};
+use crate::consumer::{Stations, Worker};
+use crate::outbox::{Relay, sleep_or_shutdown};
+use crate::telemetry::Metrics;
+use crate::verify::Verifier;
+
+#[cfg(test)]
+pub(crate) mod testdata {
+    /// The uploaded notification of the protocol documentation (env `prod`).
+    pub(crate) const EXAMPLE: &str = r#"{"v":1,"clip_id":"01JDQ3Z8M4X5V6W7Y8Z9A0B1C2","device":"pi-07","station":"pack-03","camera":"top","order":"SO-2026-000123","kind":"video","bucket":"factory-media","key":"prod/2026/11/23/SO-2026-000123/01JDQ3Z8M4X5V6W7Y8Z9A0B1C2.mp4","size":73400320,"sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","content_type":"video/mp4","started_at":"2026-11-23T10:00:00Z","ended_at":"2026-11-23T10:00:45Z","duration_ms":45000,"preroll_ms":3000,"truncated":false,"clock_synced":true,"meta":{}}"#;
+}
 
 /// The ingest's version, as reported by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid env: {0}")]
+    Env(#[from] capture_protocol::InvalidId),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("binding the HTTP listener on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+fn pool(config: &Config, secrets: &Secrets) -> Result<Pool, CatalogError> {
+    Pool::new(
+        &config.postgres.url,
+        secrets.postgres_password.as_deref(),
+        config.postgres.pool_size,
+        config.postgres.connect_timeout,
+    )
+}
+
+/// Applies the embedded migrations (`cloud-ingest migrate`); returns the versions applied.
+pub async fn migrate(config: &Config) -> Result<Vec<i32>, RunError> {
+    let secrets = config.secrets()?;
+    Ok(catalog::migrate(&pool(config, &secrets)?).await?)
+}
+
+/// The S3 client for a configuration.
+pub fn store_client(config: &Config, secrets: &Secrets) -> aws_sdk_s3::Client {
+    let settings = capture_objstore::StoreSettings::new(
+        &config.store.endpoint,
+        &config.store.region,
+        config.store.access_key_id.clone().unwrap_or_default(),
+        secrets.s3_secret_access_key.clone().unwrap_or_default(),
+    )
+    .with_path_style(config.store.path_style);
+    capture_objstore::client(&settings)
+}
+
+/// Runs the service until `shutdown` resolves, then drains: the batch in hand is committed and
+/// acknowledged (or left unacknowledged for redelivery), the relay finishes its round, the HTTP
+/// server stops accepting. The caller bounds the drain with its grace period.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let env = config.env()?;
+    let secrets = config.secrets()?;
+    let metrics = Arc::new(Metrics::default());
+    let pool = Arc::new(pool(&config, &secrets)?);
+    let stations = Arc::new(Stations::default());
+    let s3 = store_client(&config, &secrets);
+    let wake = Arc::new(Notify::new());
+
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    // HTTP first, so that /healthz answers while the dependencies come up.
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: config.http.listen.clone(),
+            source,
+        })?;
+    tracing::info!(listen = %config.http.listen, "HTTP API listening");
+    let app = api::router(api::ApiState {
+        pool: pool.clone(),
+        s3: s3.clone(),
+        presign_ttl: config.store.presign_ttl,
+        stations: stations.clone(),
+        metrics: metrics.clone(),
+    });
+    let mut http_stop = stop.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
+    // The catalog schema, retried until PostgreSQL answers.
+    let mut backoff = Duration::from_millis(200);
+    let mut waiting = stop.clone();
+    loop {
+        match catalog::migrate(&pool).await {
+            Ok(applied) => {
+                tracing::info!(?applied, "catalog schema is current");
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, retry_in = ?backoff, "migrating the catalog failed");
+                if sleep_or_shutdown(backoff, &mut waiting).await {
+                    let _ = http.await;
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    let relay = Relay {
+        pool: pool.clone(),
+        url: secrets.amqp_url.clone(),
+        exchange: config.amqp.exchange.clone(),
+        batch: config.amqp.batch,
+        poll_interval: config.amqp.poll_interval,
+        wake: wake.clone(),
+        metrics: metrics.clone(),
+    };
+    let relays: Vec<_> = (0..config.amqp.relays)
+        .map(|_| tokio::spawn(relay.clone().run(stop.clone())))
+        .collect();
+
+    let options = consumer::mqtt_options(&config.mqtt, secrets.mqtt_password.as_deref());
+    let (client, eventloop) = AsyncClient::new(options, 10_000);
+    let (to_worker, from_link) = mpsc::unbounded_channel();
+    let link = tokio::spawn(consumer::drive_link(
+        eventloop,
+        client.clone(),
+        env.clone(),
+        to_worker,
+        stations,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    tracing::info!(
+        env = %env,
+        broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
+        client_id = %config.mqtt.client_id,
+        store = %config.store.endpoint,
+        bucket = %config.store.bucket,
+        exchange = %config.amqp.exchange,
+        "cloud ingest running"
+    );
+    let worker = Worker {
+        env,
+        client: client.clone(),
+        verifier: Verifier::new(s3, config.store.bucket.clone(), config.store.verify),
+        pool,
+        wake,
+        metrics,
+        max_batch: config.mqtt.max_batch,
+        concurrency: config.store.concurrency,
+    };
+    worker.run(from_link, stop.clone()).await;
+
+    // Drain: the worker has finished its batch; let the link flush acks and confirms.
+    let mut link = link;
+    let flushed = async {
+        let _ = client.disconnect().await;
+        let _ = (&mut link).await;
+    };
+    if tokio::time::timeout(Duration::from_secs(2), flushed)
+        .await
+        .is_err()
+    {
+        link.abort();
+    }
+    for relay in relays {
+        let _ = relay.await;
+    }
+    if let Ok(Err(error)) = http.await {
+        return Err(RunError::Http(error));
+    }
+    tracing::info!("cloud ingest stopped");
+    Ok(())
+}

@@ -1,0 +1,621 @@
+//! Configuration: one TOML file, a documented set of environment overrides, secrets from files.
+//!
+//! # Loading, in order
+//!
+//! 1. The file is parsed as a TOML table.
+//! 2. Every variable of [`ENV_OVERRIDES`] that is set replaces its key in that table (the value
+//!    is read as an integer or boolean when it looks like one, else as a string), so that a
+//!    Kubernetes Deployment can set `CLOUD_INGEST_MQTT_CLIENT_ID` from the pod name without a
+//!    file per replica.
+//! 3. The table is deserialized into [`Config`] with `deny_unknown_fields` everywhere: a typo
+//!    is an error, not a silently ignored key. Durations are human ("30s", "15m").
+//! 4. [`Config::validate`] lists *every* problem with its key (`validate` prints them all and
+//!    exits 78, `EX_CONFIG`).
+//!
+//! Secrets (S3 secret key, PostgreSQL password, AMQP URL or password, MQTT password) are never
+//! in the file: the `*_file` keys name files that are read by [`Config::secrets`] when the
+//! service starts. [`DEFAULT_CONFIG`] is the commented default that `generate-config` prints;
+//! a unit test proves it validates.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use capture_protocol::Env;
+use serde::{Deserialize, Deserializer};
+
+/// The commented default configuration (`cloud-ingest generate-config`).
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+/// Environment variables that override a key of the file: `(variable, dotted key)`.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("CLOUD_INGEST_ENV", "env"),
+    ("CLOUD_INGEST_MQTT_HOST", "mqtt.host"),
+    ("CLOUD_INGEST_MQTT_PORT", "mqtt.port"),
+    ("CLOUD_INGEST_MQTT_CLIENT_ID", "mqtt.client_id"),
+    ("CLOUD_INGEST_MQTT_USERNAME", "mqtt.username"),
+    ("CLOUD_INGEST_STORE_ENDPOINT", "store.endpoint"),
+    ("CLOUD_INGEST_STORE_REGION", "store.region"),
+    ("CLOUD_INGEST_STORE_BUCKET", "store.bucket"),
+    ("CLOUD_INGEST_STORE_ACCESS_KEY_ID", "store.access_key_id"),
+    ("CLOUD_INGEST_STORE_VERIFY", "store.verify"),
+    ("CLOUD_INGEST_POSTGRES_URL", "postgres.url"),
+    ("CLOUD_INGEST_AMQP_URL", "amqp.url"),
+    ("CLOUD_INGEST_AMQP_EXCHANGE", "amqp.exchange"),
+    ("CLOUD_INGEST_HTTP_LISTEN", "http.listen"),
+];
+
+/// The whole configuration of one ingest replica.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Deployment environment: first level of every topic and object key.
+    pub env: String,
+    pub mqtt: MqttConfig,
+    pub store: StoreConfig,
+    pub postgres: PostgresConfig,
+    pub amqp: AmqpConfig,
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Stable per replica: with `clean_session=false` the broker keeps this client's session.
+    pub client_id: String,
+    #[serde(default = "default_keep_alive", deserialize_with = "human_duration")]
+    pub keep_alive: Duration,
+    /// Notifications verified and committed together.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub endpoint: String,
+    pub region: String,
+    #[serde(default)]
+    pub path_style: bool,
+    /// The only bucket a notification may name.
+    pub bucket: String,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub verify: VerifyMode,
+    #[serde(default = "default_presign_ttl", deserialize_with = "human_duration")]
+    pub presign_ttl: Duration,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+/// How much of the object is checked against the notification.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// HEAD: existence, size and the sha256 user metadata.
+    #[default]
+    Head,
+    /// HEAD, then read the whole object and hash it.
+    Full,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection URL without the password (that comes from `password_file`).
+    pub url: String,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "human_duration"
+    )]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A file holding the whole URL (credentials included); wins over `url`.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// A file holding the password to put into `url`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    #[serde(default = "default_amqp_batch")]
+    pub batch: usize,
+    /// Relay loops per process, each with its own connection (rounds overlap).
+    #[serde(default = "default_relays")]
+    pub relays: usize,
+    #[serde(default = "default_poll_interval", deserialize_with = "human_duration")]
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    #[serde(default = "default_grace", deserialize_with = "human_duration")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: default_grace(),
+        }
+    }
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_max_batch() -> usize {
+    200
+}
+fn default_presign_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_concurrency() -> usize {
+    32
+}
+fn default_pool_size() -> usize {
+    8
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_exchange() -> String {
+    capture_protocol::EXCHANGE.to_owned()
+}
+fn default_amqp_batch() -> usize {
+    500
+}
+fn default_relays() -> usize {
+    4
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn human_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format_args!("duration {text:?}: {e}")))
+}
+
+/// One thing wrong with a configuration, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<Problem>),
+    #[error("reading secret {key} from {path}: {source}")]
+    Secret {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    /// Every problem, each with its key.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Invalid(problems) => problems.clone(),
+            ConfigError::Read { path, .. } => vec![Problem {
+                key: "(file)".to_owned(),
+                message: self
+                    .to_string()
+                    .replace(&format!("{}: ", path.display()), ""),
+            }],
+            ConfigError::Secret { key, .. } => vec![Problem {
+                key: (*key).to_owned(),
+                message: self.to_string(),
+            }],
+        }
+    }
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Secrets read from their files at start.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub mqtt_password: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    pub postgres_password: Option<String>,
+    /// The AMQP URL with its credentials.
+    pub amqp_url: String,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
+}
+
+impl Config {
+    /// Reads, overrides from the process environment and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let vars: Vec<(String, String)> = ENV_OVERRIDES
+            .iter()
+            .filter_map(|(var, _)| std::env::var(var).ok().map(|v| ((*var).to_owned(), v)))
+            .collect();
+        Config::parse(&text, &vars)
+    }
+
+    /// Parses TOML text with the given overrides (`(variable, value)`) and validates it.
+    pub fn parse(text: &str, vars: &[(String, String)]) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| {
+            ConfigError::Invalid(vec![Problem {
+                key: key.to_owned(),
+                message,
+            }])
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| invalid("(file)", e.message().to_owned()))?;
+        for (var, value) in vars {
+            let Some((_, key)) = ENV_OVERRIDES.iter().find(|(name, _)| name == var) else {
+                continue;
+            };
+            set_dotted(&mut table, key, override_value(value));
+        }
+        let config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e
+                .message()
+                .split('`')
+                .nth(1)
+                .map(str::to_owned)
+                .unwrap_or_else(|| "(file)".to_owned());
+            invalid(&key, e.message().to_owned())
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Every problem of a deserialized configuration, each with its key.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.to_owned(),
+                message,
+            })
+        };
+        if let Err(e) = self.env.parse::<Env>() {
+            problem("env", e.to_string());
+        }
+        if self.mqtt.host.trim().is_empty() {
+            problem("mqtt.host", "must not be empty".to_owned());
+        }
+        if self.mqtt.port == 0 {
+            problem("mqtt.port", "must not be 0".to_owned());
+        }
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 128 {
+            problem("mqtt.client_id", "must be 1..128 characters".to_owned());
+        }
+        if self.mqtt.keep_alive < Duration::from_secs(1) {
+            problem("mqtt.keep_alive", "must be at least 1s".to_owned());
+        }
+        if !(1..=10_000).contains(&self.mqtt.max_batch) {
+            problem("mqtt.max_batch", "must be 1..10000".to_owned());
+        }
+        if self.mqtt.password_file.is_some() && self.mqtt.username.is_none() {
+            problem(
+                "mqtt.password_file",
+                "needs mqtt.username as well".to_owned(),
+            );
+        }
+        if !(self.store.endpoint.starts_with("http://")
+            || self.store.endpoint.starts_with("https://"))
+        {
+            problem(
+                "store.endpoint",
+                format!("{:?} is not an http(s) URL", self.store.endpoint),
+            );
+        }
+        if self.store.region.is_empty() {
+            problem("store.region", "must not be empty".to_owned());
+        }
+        if self.store.bucket.is_empty() {
+            problem("store.bucket", "must not be empty".to_owned());
+        }
+        if self.store.access_key_id.is_some() != self.store.secret_access_key_file.is_some() {
+            problem(
+                "store.secret_access_key_file",
+                "store.access_key_id and store.secret_access_key_file go together".to_owned(),
+            );
+        }
+        if self.store.presign_ttl < Duration::from_secs(1)
+            || self.store.presign_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            problem(
+                "store.presign_ttl",
+                "must be between 1s and 7 days (the S3 limit)".to_owned(),
+            );
+        }
+        if !(1..=1024).contains(&self.store.concurrency) {
+            problem("store.concurrency", "must be 1..1024".to_owned());
+        }
+        if !(self.postgres.url.starts_with("postgres://")
+            || self.postgres.url.starts_with("postgresql://"))
+        {
+            problem(
+                "postgres.url",
+                "must be a postgres:// or postgresql:// URL".to_owned(),
+            );
+        } else if let Err(e) = self.postgres.url.parse::<tokio_postgres::Config>() {
+            problem("postgres.url", e.to_string());
+        }
+        if !(1..=64).contains(&self.postgres.pool_size) {
+            problem("postgres.pool_size", "must be 1..64".to_owned());
+        }
+        match (&self.amqp.url, &self.amqp.url_file) {
+            (None, None) => problem("amqp.url", "amqp.url or amqp.url_file is needed".to_owned()),
+            (Some(url), _) if !(url.starts_with("amqp://") || url.starts_with("amqps://")) => {
+                problem("amqp.url", "must be an amqp:// or amqps:// URL".to_owned())
+            }
+            _ => {}
+        }
+        if self.amqp.exchange.is_empty() {
+            problem("amqp.exchange", "must not be empty".to_owned());
+        }
+        if !(1..=10_000).contains(&self.amqp.batch) {
+            problem("amqp.batch", "must be 1..10000".to_owned());
+        }
+        if !(1..=32).contains(&self.amqp.relays) {
+            problem("amqp.relays", "must be 1..32".to_owned());
+        } else if (1..=64).contains(&self.postgres.pool_size)
+            && self.postgres.pool_size <= self.amqp.relays
+        {
+            problem(
+                "postgres.pool_size",
+                format!(
+                    "must be above amqp.relays ({}): each relay holds a connection while \
+                     RabbitMQ confirms, the consumer needs one to commit",
+                    self.amqp.relays
+                ),
+            );
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            problem(
+                "http.listen",
+                format!("{:?} is not an address like 0.0.0.0:8080", self.http.listen),
+            );
+        }
+        for (key, path) in [
+            ("mqtt.password_file", &self.mqtt.password_file),
+            (
+                "store.secret_access_key_file",
+                &self.store.secret_access_key_file,
+            ),
+            ("postgres.password_file", &self.postgres.password_file),
+            ("amqp.url_file", &self.amqp.url_file),
+            ("amqp.password_file", &self.amqp.password_file),
+        ] {
+            if let Some(path) = path
+                && let Err(e) = std::fs::metadata(path)
+            {
+                problem(key, format!("{}: {e}", path.display()));
+            }
+        }
+        problems
+    }
+
+    /// The environment, parsed (validation proved it parses).
+    pub fn env(&self) -> Result<Env, capture_protocol::InvalidId> {
+        self.env.parse()
+    }
+
+    /// Reads every secret file.
+    pub fn secrets(&self) -> Result<Secrets, ConfigError> {
+        let read = |key: &'static str, path: &Option<PathBuf>| -> Result<Option<String>, _> {
+            path.as_ref()
+                .map(|path| {
+                    std::fs::read_to_string(path)
+                        .map(|s| s.trim().to_owned())
+                        .map_err(|source| ConfigError::Secret {
+                            key,
+                            path: path.clone(),
+                            source,
+                        })
+                })
+                .transpose()
+        };
+        let amqp_password = read("amqp.password_file", &self.amqp.password_file)?;
+        let amqp_url = match read("amqp.url_file", &self.amqp.url_file)? {
+            Some(url) => url,
+            None => {
+                let url = self.amqp.url.clone().unwrap_or_default();
+                match amqp_password {
+                    Some(password) => with_password(&url, &password),
+                    None => url,
+                }
+            }
+        };
+        Ok(Secrets {
+            mqtt_password: read("mqtt.password_file", &self.mqtt.password_file)?,
+            s3_secret_access_key: read(
+                "store.secret_access_key_file",
+                &self.store.secret_access_key_file,
+            )?,
+            postgres_password: read("postgres.password_file", &self.postgres.password_file)?,
+            amqp_url,
+        })
+    }
+}
+
+/// Puts `password` into the userinfo of `url` (`amqp://user@host` -> `amqp://user:pw@host`).
+fn with_password(url: &str, password: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split(':').next().unwrap_or_default();
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("{scheme}://{user}:{encoded}@{host}")
+}
+
+fn override_value(text: &str) -> toml::Value {
+    if let Ok(n) = text.parse::<i64>() {
+        toml::Value::Integer(n)
+    } else if let Ok(b) = text.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(text.to_owned())
+    }
+}
+
+fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = table
+                .entry(head.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(inner) = entry {
+                set_dotted(inner, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_default_validates() {
+        let config = Config::parse(DEFAULT_CONFIG, &[]).unwrap();
+        assert_eq!(config.env, "dev");
+        assert_eq!(config.store.presign_ttl, Duration::from_secs(900));
+        assert_eq!(config.amqp.exchange, "capture.events");
+        assert_eq!(config.store.verify, VerifyMode::Head);
+    }
+
+    #[test]
+    fn environment_overrides_replace_keys() {
+        let vars = [
+            ("CLOUD_INGEST_ENV".to_owned(), "prod".to_owned()),
+            ("CLOUD_INGEST_MQTT_PORT".to_owned(), "2883".to_owned()),
+            (
+                "CLOUD_INGEST_MQTT_CLIENT_ID".to_owned(),
+                "ingest-7".to_owned(),
+            ),
+        ];
+        let config = Config::parse(DEFAULT_CONFIG, &vars).unwrap();
+        assert_eq!(config.env, "prod");
+        assert_eq!(config.mqtt.port, 2883);
+        assert_eq!(config.mqtt.client_id, "ingest-7");
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key() {
+        let text = DEFAULT_CONFIG
+            .replace(r#"env = "dev""#, r#"env = "Dev!""#)
+            .replace(r#"listen = "0.0.0.0:8080""#, r#"listen = "nowhere""#)
+            .replace("pool_size = 8", "pool_size = 0");
+        let problems = Config::parse(&text, &[]).unwrap_err().problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["env", "postgres.pool_size", "http.listen"],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused() {
+        let typo = DEFAULT_CONFIG.replace("keep_alive", "keepalive");
+        let problems = Config::parse(&typo, &[]).unwrap_err().problems();
+        assert!(problems[0].message.contains("keepalive"), "{problems:?}");
+        let bad = DEFAULT_CONFIG.replace(r#"presign_ttl = "15m""#, r#"presign_ttl = "soon""#);
+        let problems = Config::parse(&bad, &[]).unwrap_err().problems();
+        assert!(problems[0].message.contains("soon"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_amqp_password_is_put_into_the_url() {
+        assert_eq!(
+            with_password("amqp://ingest@mq:5672/%2f", "p@ss word"),
+            "amqp://ingest:p%40ss%20word@mq:5672/%2f"
+        );
+    }
+}

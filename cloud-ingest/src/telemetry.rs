@@ -1,0 +1,148 @@
+//! Logs and metrics.
+//!
+//! Logs are JSON lines on stdout (one event per thing that happened, structured fields such
+//! as `clip_id`, `order`, `error`), ready for a cluster's log collector; the filter comes from
+//! `RUST_LOG` (default `info`). [`init_logs`] is called once by `main`; the library only emits.
+//!
+//! Metrics are plain atomics rendered in the Prometheus text format by `/metrics`
+//! ([`Metrics::render`]). Each counter sits beside the log event an operator would alert on:
+//!
+//! | metric | meaning |
+//! | --- | --- |
+//! | `ingest_notifications_total{outcome}` | notifications handled: `accepted`, `rejected`, `duplicate`, `poison` |
+//! | `ingest_events_published_total` | CloudEvents confirmed by RabbitMQ |
+//! | `ingest_outbox_pending` | events in the outbox not yet confirmed (last relay round) |
+//! | `ingest_retries_total{stage}` | transient failures retried: `verify`, `catalog`, `relay` |
+//! | `ingest_batch_seconds_sum/_count` | time from batch start to catalog commit |
+//! | `ingest_up{dependency}` | 1 when MQTT, PostgreSQL (last use), RabbitMQ are connected |
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Installs the JSON log subscriber for the process. Call once, from `main`.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .init();
+}
+
+/// Counters and gauges of one ingest process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub duplicate: AtomicU64,
+    pub poison: AtomicU64,
+    pub events_published: AtomicU64,
+    pub outbox_pending: AtomicU64,
+    pub retries_verify: AtomicU64,
+    pub retries_catalog: AtomicU64,
+    pub retries_relay: AtomicU64,
+    pub batch_micros_sum: AtomicU64,
+    pub batch_count: AtomicU64,
+    pub mqtt_up: AtomicBool,
+    pub postgres_up: AtomicBool,
+    pub amqp_up: AtomicBool,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let up = |b: &AtomicBool| u8::from(b.load(Ordering::Relaxed));
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP ingest_notifications_total Uploaded notifications handled, by outcome.\n\
+             # TYPE ingest_notifications_total counter"
+        );
+        for (outcome, counter) in [
+            ("accepted", &self.accepted),
+            ("rejected", &self.rejected),
+            ("duplicate", &self.duplicate),
+            ("poison", &self.poison),
+        ] {
+            let _ = writeln!(
+                out,
+                "ingest_notifications_total{{outcome=\"{outcome}\"}} {}",
+                get(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ingest_events_published_total CloudEvents confirmed by RabbitMQ.\n\
+             # TYPE ingest_events_published_total counter\n\
+             ingest_events_published_total {}",
+            get(&self.events_published)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_outbox_pending Events waiting in the outbox (last relay round).\n\
+             # TYPE ingest_outbox_pending gauge\n\
+             ingest_outbox_pending {}",
+            get(&self.outbox_pending)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_retries_total Transient failures retried, by stage.\n\
+             # TYPE ingest_retries_total counter"
+        );
+        for (stage, counter) in [
+            ("verify", &self.retries_verify),
+            ("catalog", &self.retries_catalog),
+            ("relay", &self.retries_relay),
+        ] {
+            let _ = writeln!(
+                out,
+                "ingest_retries_total{{stage=\"{stage}\"}} {}",
+                get(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ingest_batch_seconds Time from batch start to catalog commit.\n\
+             # TYPE ingest_batch_seconds summary\n\
+             ingest_batch_seconds_sum {:.6}\n\
+             ingest_batch_seconds_count {}",
+            get(&self.batch_micros_sum) as f64 / 1e6,
+            get(&self.batch_count)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_up Whether a dependency is connected.\n# TYPE ingest_up gauge"
+        );
+        for (dependency, flag) in [
+            ("mqtt", &self.mqtt_up),
+            ("postgres", &self.postgres_up),
+            ("amqp", &self.amqp_up),
+        ] {
+            let _ = writeln!(out, "ingest_up{{dependency=\"{dependency}\"}} {}", up(flag));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_is_prometheus_text() {
+        let metrics = Metrics::default();
+        Metrics::inc(&metrics.accepted);
+        metrics.mqtt_up.store(true, Ordering::Relaxed);
+        let text = metrics.render();
+        assert!(text.contains("ingest_notifications_total{outcome=\"accepted\"} 1\n"));
+        assert!(text.contains("ingest_up{dependency=\"mqtt\"} 1\n"));
+        assert!(text.contains("# TYPE ingest_events_published_total counter\n"));
+    }
+}

@@ -1,0 +1,471 @@
+//! The path of one notification through a real stack: Mosquitto, Garage, PostgreSQL, RabbitMQ.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use capture_protocol::{ClipEventType, Verdict};
+use capture_tests::fixtures::{Garage, Mosquitto, PgDatabase, RabbitMq, wait_until};
+use cloud_ingest::config::Config;
+use common::{CoreSystem, DEADLINE, Device, Ingest, Servers, clip, http_get, put};
+use serde_json::json;
+
+struct Stack {
+    broker: Mosquitto,
+    garage: Garage,
+    db: PgDatabase,
+    rabbit: RabbitMq,
+    secrets: tempfile::TempDir,
+}
+
+impl Stack {
+    async fn start() -> Result<Stack> {
+        let (broker, garage, db) =
+            tokio::try_join!(Mosquitto::start(), Garage::start(), PgDatabase::create())?;
+        Ok(Stack {
+            broker,
+            garage,
+            db,
+            rabbit: RabbitMq::shared(),
+            secrets: tempfile::tempdir()?,
+        })
+    }
+
+    fn config(&self, exchange: &str, extra_store: &str) -> Result<Config> {
+        Servers {
+            broker: &self.broker,
+            garage: &self.garage,
+            pg_url: self.db.url(),
+            amqp_url: self.rabbit.url(),
+            exchange,
+            secrets: &self.secrets,
+        }
+        .config(extra_store)
+    }
+
+    async fn row_count(&self, clip_id: &str) -> Result<i64> {
+        let client = self.db.connect().await?;
+        Ok(client
+            .query_one("SELECT count(*) FROM clips WHERE clip_id = $1", &[&clip_id])
+            .await?
+            .get(0))
+    }
+}
+
+#[tokio::test]
+async fn an_uploaded_clip_is_cataloged_announced_and_confirmed() -> Result<()> {
+    let stack = Stack::start().await?;
+    let mut core = CoreSystem::bind(&stack.rabbit).await?;
+    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    ingest.wait_ready().await?;
+    let mut device = Device::connect(&stack.broker, "pi-07").await?;
+
+    let (content, mut uploaded) = clip("SO-2026-000123", 70_000);
+    put(&stack.garage, &mut uploaded, content).await?;
+    device.notify(&uploaded).await?;
+
+    let (topic, confirm) = device.next_confirm().await?;
+    assert_eq!(topic, "cap/test/device/pi-07/confirm");
+    assert_eq!(confirm.clip_id, uploaded.clip_id);
+    assert_eq!(confirm.verdict, Verdict::Accepted);
+
+    let delivery = core.next_delivery().await?;
+    assert_eq!(delivery.routing_key.as_str(), "clip.completed");
+    let properties = &delivery.properties;
+    assert_eq!(properties.delivery_mode(), &Some(2), "persistent");
+    assert_eq!(
+        properties.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/cloudevents+json")
+    );
+    let event: serde_json::Value = serde_json::from_slice(&delivery.data)?;
+    let clip_id = uploaded.clip_id.to_string();
+    assert_eq!(event["specversion"], json!("1.0"));
+    assert_eq!(event["type"], json!("com.factory.capture.clip.completed"));
+    assert_eq!(event["source"], json!("cloud-ingest/test"));
+    assert_eq!(event["id"], json!(format!("{clip_id}:clip.completed")));
+    assert_eq!(event["subject"], json!("SO-2026-000123"));
+    assert_eq!(event["datacontenttype"], json!("application/json"));
+    let data = &event["data"];
+    assert_eq!(data["clip_id"], json!(clip_id));
+    assert_eq!(data["order"], json!("SO-2026-000123"));
+    assert_eq!(data["station"], json!("pack-03"));
+    assert_eq!(data["camera"], json!("top"));
+    assert_eq!(data["kind"], json!("video"));
+    assert_eq!(data["bucket"], json!(stack.garage.bucket()));
+    assert_eq!(data["key"], json!(uploaded.key));
+    assert_eq!(data["size"], json!(70_000));
+    assert_eq!(data["sha256"], json!(uploaded.sha256.as_str()));
+    assert_eq!(data["duration_ms"], json!(1000));
+    assert_eq!(data["truncated"], json!(false));
+    assert_eq!(data["meta"], json!({"sku":"JERSEY-9","operator":"ana"}));
+    assert!(data.get("reason").is_none());
+
+    assert_eq!(stack.row_count(&clip_id).await?, 1);
+    let db = stack.db.connect().await?;
+    let unsent: i64 = db
+        .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
+        .await?
+        .get(0);
+    wait_until("outbox marked sent", DEADLINE, || async {
+        let unsent: i64 = db
+            .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
+            .await?
+            .get(0);
+        Ok((unsent == 0).then_some(()))
+    })
+    .await?;
+    assert!(unsent <= 1);
+    assert_eq!(
+        ingest
+            .metric("ingest_notifications_total{outcome=\"accepted\"}")
+            .await?,
+        1.0
+    );
+    ingest.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_uploads_are_rejected_and_the_service_keeps_working() -> Result<()> {
+    let stack = Stack::start().await?;
+    let mut core = CoreSystem::bind(&stack.rabbit).await?;
+    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    ingest.wait_ready().await?;
+    let mut device = Device::connect(&stack.broker, "pi-07").await?;
+
+    // Object missing: notified, never uploaded.
+    let (_, mut missing) = clip("SO-MISSING", 1000);
+    missing.bucket = stack.garage.bucket().to_owned();
+    // Size mismatch: the notification says one byte more.
+    let (content, mut short) = clip("SO-SIZE", 1000);
+    put(&stack.garage, &mut short, content).await?;
+    short.size += 1;
+    // sha256 mismatch: the object's metadata is of other content.
+    let (content, mut corrupt) = clip("SO-SHA", 1000);
+    put(&stack.garage, &mut corrupt, content).await?;
+    corrupt.sha256 = "0".repeat(64).parse()?;
+    // Wrong environment: a prod key sent to the test ingest.
+    let (content, mut foreign) = clip("SO-ENV", 1000);
+    put(&stack.garage, &mut foreign, content).await?;
+    foreign.key = foreign.key.replacen("test/", "prod/", 1);
+
+    let cases = [
+        (&missing, "object missing"),
+        (&short, "size mismatch"),
+        (&corrupt, "sha256 mismatch"),
+        (&foreign, "wrong env"),
+    ];
+    for (uploaded, expected) in cases {
+        device.notify(uploaded).await?;
+        let (_, confirm) = device.next_confirm().await?;
+        assert_eq!(confirm.clip_id, uploaded.clip_id);
+        match confirm.verdict {
+            Verdict::Rejected { reason } => {
+                assert!(reason.starts_with(expected), "{expected}: {reason}")
+            }
+            Verdict::Accepted => panic!("{expected}: accepted"),
+        }
+        let (routing_key, event) = core.next_event().await?;
+        assert_eq!(routing_key, "clip.rejected");
+        assert_eq!(event.event_type, ClipEventType::Rejected);
+        assert_eq!(event.data.clip_id, uploaded.clip_id);
+        assert!(
+            event
+                .data
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .starts_with(expected),
+            "{:?}",
+            event.data.reason
+        );
+    }
+
+    // Malformed JSON: recorded as poison, acknowledged, nothing else.
+    device.publish_raw(b"{this is not json".to_vec()).await?;
+    // Over the protocol's 64 KiB limit: refused before parsing.
+    device.publish_raw(vec![b' '; 70_000]).await?;
+    // And one that names its clip and device but is otherwise broken gets a rejection.
+    let (_, broken) = clip("SO-BROKEN", 10);
+    device
+        .publish_raw(serde_json::to_vec(
+            &json!({"v": 1, "clip_id": broken.clip_id, "device": "pi-07"}),
+        )?)
+        .await?;
+    let (_, confirm) = device.next_confirm().await?;
+    assert_eq!(confirm.clip_id, broken.clip_id);
+    assert!(matches!(confirm.verdict, Verdict::Rejected { .. }));
+
+    // The service keeps working: a good clip after all that is accepted.
+    let (content, mut good) = clip("SO-GOOD", 5000);
+    put(&stack.garage, &mut good, content).await?;
+    device.notify(&good).await?;
+    let (_, confirm) = device.next_confirm().await?;
+    assert_eq!(confirm.clip_id, good.clip_id);
+    assert_eq!(confirm.verdict, Verdict::Accepted);
+    let (routing_key, event) = core.next_event().await?;
+    assert_eq!(routing_key, "clip.completed");
+    assert_eq!(event.data.clip_id, good.clip_id);
+
+    let db = stack.db.connect().await?;
+    let poison: i64 = db
+        .query_one("SELECT count(*) FROM poison", &[])
+        .await?
+        .get(0);
+    assert_eq!(poison, 3);
+    let rejected: i64 = db
+        .query_one("SELECT count(*) FROM clips WHERE status = 'rejected'", &[])
+        .await?
+        .get(0);
+    assert_eq!(rejected, 4);
+    assert_eq!(
+        ingest
+            .metric("ingest_notifications_total{outcome=\"poison\"}")
+            .await?,
+        3.0
+    );
+    ingest.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_notification_delivered_three_times_gives_one_row_and_one_event_id() -> Result<()> {
+    let stack = Stack::start().await?;
+    let mut core = CoreSystem::bind(&stack.rabbit).await?;
+    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    ingest.wait_ready().await?;
+    let mut device = Device::connect(&stack.broker, "pi-07").await?;
+
+    let (content, mut uploaded) = clip("SO-2026-000777", 4096);
+    put(&stack.garage, &mut uploaded, content).await?;
+    for _ in 0..3 {
+        device.notify(&uploaded).await?;
+    }
+    for _ in 0..3 {
+        let (_, confirm) = device.next_confirm().await?;
+        assert_eq!(confirm.clip_id, uploaded.clip_id);
+        assert_eq!(
+            confirm.verdict,
+            Verdict::Accepted,
+            "every delivery is confirmed"
+        );
+    }
+    let (_, event) = core.next_event().await?;
+    let expected_id = format!("{}:clip.completed", uploaded.clip_id);
+    assert_eq!(event.id, expected_id);
+    // Any further event (there should be none) would carry the same id.
+    core.nothing_more_within(Duration::from_secs(2)).await?;
+    assert_eq!(stack.row_count(uploaded.clip_id.as_str()).await?, 1);
+    let db = stack.db.connect().await?;
+    let ids: Vec<String> = db
+        .query("SELECT event_id FROM outbox", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [expected_id]);
+    assert_eq!(
+        ingest
+            .metric("ingest_notifications_total{outcome=\"duplicate\"}")
+            .await?,
+        2.0
+    );
+    ingest.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn full_verification_reads_the_object_and_catches_a_lying_digest() -> Result<()> {
+    let stack = Stack::start().await?;
+    let mut core = CoreSystem::bind(&stack.rabbit).await?;
+    let ingest = Ingest::start(stack.config(&core.exchange, r#"verify = "full""#)?).await?;
+    ingest.wait_ready().await?;
+    let mut device = Device::connect(&stack.broker, "pi-07").await?;
+
+    let (content, mut honest) = clip("SO-FULL", 100_000);
+    put(&stack.garage, &mut honest, content).await?;
+    // Metadata and notification agree, but the bytes in the store are different ones.
+    let (_, mut liar) = clip("SO-FULL", 100_000);
+    let other: Vec<u8> = vec![7u8; 100_000];
+    put(&stack.garage, &mut liar, other).await?;
+
+    device.notify(&honest).await?;
+    let (_, confirm) = device.next_confirm().await?;
+    assert_eq!(confirm.verdict, Verdict::Accepted);
+    device.notify(&liar).await?;
+    let (_, confirm) = device.next_confirm().await?;
+    match confirm.verdict {
+        Verdict::Rejected { reason } => assert!(
+            reason.starts_with("sha256 mismatch: content hashes to"),
+            "{reason}"
+        ),
+        Verdict::Accepted => panic!("a lying digest was accepted"),
+    }
+    let (key, _) = core.next_event().await?;
+    assert_eq!(key, "clip.completed");
+    let (key, _) = core.next_event().await?;
+    assert_eq!(key, "clip.rejected");
+    ingest.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_api_lists_an_orders_clips_with_presigned_urls_that_download() -> Result<()> {
+    let stack = Stack::start().await?;
+    let mut core = CoreSystem::bind(&stack.rabbit).await?;
+    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    ingest.wait_ready().await?;
+    let mut device = Device::connect(&stack.broker, "pi-07").await?;
+
+    // A retained station status, as an agent publishes it.
+    let status = json!({"v":1,"state":"online","device":"pi-07","station":"pack-03",
+        "version":"0.3.1","recording":null,"queue":{"clips":2,"bytes":1234},
+        "disk_free_bytes":12000000000u64,"clock_synced":true,"at":"2026-11-23T10:00:05Z"});
+    device
+        .client
+        .publish(
+            "cap/test/station/pack-03/status",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            serde_json::to_vec(&status)?,
+        )
+        .await?;
+
+    let mut contents = Vec::new();
+    for size in [3000, 5000] {
+        let (content, mut uploaded) = clip("SO-API-1", size);
+        put(&stack.garage, &mut uploaded, content.clone()).await?;
+        device.notify(&uploaded).await?;
+        let (_, confirm) = device.next_confirm().await?;
+        assert_eq!(confirm.verdict, Verdict::Accepted);
+        core.next_event().await?;
+        contents.push((uploaded, content));
+    }
+
+    let (status_code, body) = ingest.get_json("/v1/orders/SO-API-1/clips").await?;
+    assert_eq!(status_code, 200, "{body}");
+    assert_eq!(body["order"], json!("SO-API-1"));
+    let clips = body["clips"].as_array().cloned().unwrap_or_default();
+    assert_eq!(clips.len(), 2);
+    for (clip, (uploaded, content)) in clips.iter().zip(&contents) {
+        assert_eq!(clip["clip_id"], json!(uploaded.clip_id.as_str()));
+        assert_eq!(clip["status"], json!("accepted"));
+        let url = clip["url"].as_str().unwrap_or_default();
+        let (status, downloaded) = http_get(url).await?;
+        assert_eq!(status, 200, "{url}");
+        assert_eq!(&downloaded, content, "the presigned URL gives the object");
+    }
+
+    let one = &contents[0].0;
+    let (status_code, body) = ingest
+        .get_json(&format!("/v1/clips/{}", one.clip_id))
+        .await?;
+    assert_eq!(status_code, 200);
+    assert_eq!(body["key"], json!(one.key));
+
+    let (code, body) = ingest.get_json("/v1/orders/..%2Fetc/clips").await?;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"]["code"], json!("bad_order"));
+    let (code, body) = ingest.get_json("/v1/orders/SO-NOBODY/clips").await?;
+    assert_eq!(code, 404);
+    assert_eq!(body["error"]["code"], json!("not_found"));
+    let (code, body) = ingest.get_json("/v1/clips/not-a-ulid").await?;
+    assert_eq!(code, 400);
+    assert_eq!(body["error"]["code"], json!("bad_clip_id"));
+    let (code, _) = ingest
+        .get_json("/v1/clips/01JDQ3Z8M4X5V6W7Y8Z9A0B1C2")
+        .await?;
+    assert_eq!(code, 404);
+
+    let stations = wait_until("station status in the API", DEADLINE, || async {
+        let (_, body) = ingest.get_json("/v1/stations").await?;
+        let list = body["stations"].as_array().cloned().unwrap_or_default();
+        Ok((!list.is_empty()).then_some(list))
+    })
+    .await?;
+    assert_eq!(stations[0]["station"], json!("pack-03"));
+    assert_eq!(stations[0]["state"], json!("online"));
+    assert_eq!(stations[0]["queue"]["clips"], json!(2));
+
+    let (code, metrics) = ingest.get("/metrics").await?;
+    assert_eq!(code, 200);
+    let metrics = String::from_utf8(metrics)?;
+    assert!(metrics.contains("ingest_notifications_total{outcome=\"accepted\"} 2"));
+    assert!(metrics.contains("ingest_events_published_total 2"));
+    ingest.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_real_binary_serves_logs_json_and_drains_on_sigterm() -> Result<()> {
+    let stack = Stack::start().await?;
+    let mut core = CoreSystem::bind(&stack.rabbit).await?;
+    let http_port = common::port()?;
+    let text = common::config_text(
+        &Servers {
+            broker: &stack.broker,
+            garage: &stack.garage,
+            pg_url: stack.db.url(),
+            amqp_url: stack.rabbit.url(),
+            exchange: &core.exchange,
+            secrets: &stack.secrets,
+        },
+        &common::client_id("ingest-bin"),
+        http_port,
+        "",
+    )?;
+    let path = stack.secrets.path().join("ingest.toml");
+    std::fs::write(&path, text)?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-ingest"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let ready = format!("http://127.0.0.1:{http_port}/readyz");
+    wait_until("the binary ready", DEADLINE, || async {
+        Ok(http_get(&ready).await.ok().filter(|(s, _)| *s == 200))
+    })
+    .await?;
+
+    let mut device = Device::connect(&stack.broker, "pi-07").await?;
+    let (content, mut uploaded) = clip("SO-BINARY", 2048);
+    put(&stack.garage, &mut uploaded, content).await?;
+    device.notify(&uploaded).await?;
+    assert_eq!(device.next_confirm().await?.1.verdict, Verdict::Accepted);
+    assert_eq!(core.next_event().await?.1.data.clip_id, uploaded.clip_id);
+
+    let pid = child.id().context("child pid")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .context("the binary did not exit after SIGTERM")??;
+    assert!(status.success(), "{status}");
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().context("stdout")?, &mut stdout)
+        .await?;
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("every log line is JSON")?;
+    let messages: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .collect();
+    for expected in [
+        "cloud ingest running",
+        "clip accepted",
+        "cloud ingest stopped",
+    ] {
+        assert!(
+            messages.contains(&expected),
+            "{expected} not in {messages:?}"
+        );
+    }
+    Ok(())
+}
