@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod link;
 pub mod spool;
 pub mod station;
 

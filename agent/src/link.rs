@@ -1,0 +1,344 @@
+//! The MQTT link: the agent's one connection to the broker.
+//!
+//! ```text
+//!              ┌──────────── event loop task (only polls; never awaits the client) ─────────┐
+//! broker ◀────▶│ ConnAck ─▶ connected watch      Publish ─▶ inbound channel ─▶ daemon        │
+//!              │ Outgoing::Publish(pkid) ─▶ pkid↔seq    PubAck(pkid) ─▶ acked channel         │
+//!              └────────────────────────────────────────────────────────────────────────────┘
+//!              ┌──────────── publisher task ────────────────────────────────────────────────┐
+//! spool outbox │ on ConnAck: subscribe, retained `online`; republish all when the broker    │
+//!   ─────────▶ │ lost the session; on flush: publish new outbox rows (QoS 1);                │
+//!              │ on PubAck: delete the row                                                   │
+//!              └────────────────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Guarantees:
+//! - **Outgoing, at least once.** Every message the agent must send is in the spool's outbox
+//!   first ([`crate::spool::outbox`]); a row is deleted only after the broker's PUBACK. rumqttc
+//!   keeps unacknowledged publishes in memory and drops them when the broker reports no
+//!   session, and a crash loses them anyway: the outbox is what is left to send.
+//! - **Incoming, acknowledged after the inbox commit.** Manual acks: a command reaches the
+//!   daemon as a [`Publish`] and is acknowledged with [`LinkHandle::ack`] only once it is in
+//!   the spool's inbox. A crash before that makes the broker redeliver it
+//!   (`clean_session = false`, the client id is the device id).
+//! - **Subscriptions on every ConnAck**, since a broker that lost the session lost them too.
+//! - **Presence**: a retained `online` status after every ConnAck, a retained `offline` last
+//!   will for when the connection dies without a goodbye.
+//! - **The event loop is never blocked**: it only polls and hands events over through
+//!   unbounded channels (bounded in practice by the broker's in-flight window); errors are
+//!   followed by a bounded exponential back-off before the next reconnect attempt.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
+    Publish, QoS,
+};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::spool::{Spool, outbox};
+
+/// How to reach the broker and what to say on connect.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    pub host: String,
+    pub port: u16,
+    /// The device id: the broker keeps this client's session between connections.
+    pub client_id: String,
+    pub keep_alive: Duration,
+    pub credentials: Option<(String, String)>,
+    pub tls: Option<rumqttc::TlsConfiguration>,
+    /// Subscribed (QoS 1) after every ConnAck.
+    pub subscriptions: Vec<String>,
+    /// Retained message published after every ConnAck (`online` status): topic, payload.
+    pub online: (String, Vec<u8>),
+    /// Retained last will (`offline` status): topic, payload.
+    pub offline: (String, Vec<u8>),
+}
+
+/// Bookkeeping shared by the two tasks: which outbox rows are with rumqttc, under which
+/// packet id.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Outbox rows handed to the client, in the order they were handed over; the next
+    /// first-time `Outgoing::Publish` belongs to the front one.
+    awaiting_pkid: VecDeque<i64>,
+    by_pkid: HashMap<u16, i64>,
+    /// Every row with the client (with or without packet id yet), not to be handed twice.
+    rows: HashSet<i64>,
+}
+
+/// Handle to a running link.
+#[derive(Debug, Clone)]
+pub struct LinkHandle {
+    client: AsyncClient,
+    flush: Arc<Notify>,
+    connected: watch::Receiver<bool>,
+}
+
+/// The running link's tasks; dropping this does not stop them, [`Link::shutdown`] does.
+#[derive(Debug)]
+pub struct Link {
+    handle: LinkHandle,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Link {
+    /// Starts the link. Incoming publishes (commands, confirmations) arrive on `inbound`.
+    pub fn start(
+        settings: LinkSettings,
+        spool: Spool,
+        inbound: mpsc::UnboundedSender<Publish>,
+    ) -> Link {
+        let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+        options
+            .set_keep_alive(settings.keep_alive)
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(128 << 10, 128 << 10)
+            .set_last_will(LastWill::new(
+                &settings.offline.0,
+                settings.offline.1.clone(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if let Some((user, password)) = &settings.credentials {
+            options.set_credentials(user, password);
+        }
+        if let Some(tls) = &settings.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(tls.clone()));
+        }
+        let (client, eventloop) = AsyncClient::new(options, 64);
+        let (connected_tx, connected) = watch::channel(false);
+        let (session_tx, session_rx) = mpsc::unbounded_channel();
+        let (acked_tx, acked_rx) = mpsc::unbounded_channel();
+        let in_flight = Arc::new(Mutex::new(InFlight::default()));
+        let flush = Arc::new(Notify::new());
+        let handle = LinkHandle {
+            client: client.clone(),
+            flush: flush.clone(),
+            connected,
+        };
+        let poller = tokio::spawn(poll(
+            eventloop,
+            settings.subscriptions.len(),
+            inbound,
+            connected_tx,
+            session_tx,
+            acked_tx,
+            in_flight.clone(),
+        ));
+        let publisher = tokio::spawn(publish(
+            client, settings, spool, flush, session_rx, acked_rx, in_flight,
+        ));
+        Link {
+            handle,
+            tasks: vec![poller, publisher],
+        }
+    }
+
+    pub fn handle(&self) -> LinkHandle {
+        self.handle.clone()
+    }
+
+    /// Stops both tasks without a DISCONNECT: the broker sees the connection drop and
+    /// publishes the last will, as it would after a crash. For a clean goodbye call
+    /// [`LinkHandle::disconnect`] first.
+    pub fn shutdown(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl LinkHandle {
+    /// Acknowledges an incoming publish; call only after it is durable in the spool.
+    pub async fn ack(&self, publish: &Publish) -> Result<(), rumqttc::ClientError> {
+        self.client.ack(publish).await
+    }
+
+    /// Asks the publisher to send what the outbox holds now (after a spool commit).
+    pub fn flush(&self) {
+        self.flush.notify_one();
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// Waits until the link is connected and subscribed (or the link stopped).
+    pub async fn connected(&mut self) {
+        let _ = self.connected.wait_for(|up| *up).await;
+    }
+
+    /// A clean goodbye: the broker does not publish the last will.
+    pub async fn disconnect(&self) -> Result<(), rumqttc::ClientError> {
+        self.client.disconnect().await
+    }
+}
+
+/// The event loop task: polls, and hands every event to whoever needs it.
+async fn poll(
+    mut eventloop: EventLoop,
+    subscriptions: usize,
+    inbound: mpsc::UnboundedSender<Publish>,
+    connected: watch::Sender<bool>,
+    sessions: mpsc::UnboundedSender<bool>,
+    acked: mpsc::UnboundedSender<i64>,
+    in_flight: Arc<Mutex<InFlight>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    // SUBACKs still expected since the last ConnAck: the link counts as connected (ready for
+    // commands) only once its subscriptions are in place.
+    let mut subacks_due = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!(session_present = connack.session_present, "mqtt connected");
+                if !connack.session_present {
+                    // rumqttc dropped whatever it still held: the outbox sends it again.
+                    *lock(&in_flight) = InFlight::default();
+                }
+                subacks_due = subscriptions;
+                if subacks_due == 0 {
+                    connected.send_replace(true);
+                }
+                let _ = sessions.send(connack.session_present);
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) if subacks_due > 0 => {
+                subacks_due -= 1;
+                if subacks_due == 0 {
+                    connected.send_replace(true);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let _ = inbound.send(publish);
+            }
+            Ok(Event::Incoming(Packet::PubAck(puback))) => {
+                if let Some(seq) = lock(&in_flight).by_pkid.remove(&puback.pkid) {
+                    let _ = acked.send(seq);
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                let mut state = lock(&in_flight);
+                // A packet id already known is a retransmission after a reconnect.
+                if !state.by_pkid.contains_key(&pkid)
+                    && let Some(seq) = state.awaiting_pkid.pop_front()
+                {
+                    state.by_pkid.insert(pkid, seq);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                if connected.send_replace(false) {
+                    tracing::warn!(error = %error, "mqtt connection lost; reconnecting");
+                } else if !matches!(error, ConnectionError::Io(_)) {
+                    tracing::debug!(error = %error, "mqtt reconnect failed");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The publisher task: subscriptions and presence on connect, the outbox whenever there is
+/// something to send, deletion of what the broker acknowledged.
+async fn publish(
+    client: AsyncClient,
+    settings: LinkSettings,
+    spool: Spool,
+    flush: Arc<Notify>,
+    mut sessions: mpsc::UnboundedReceiver<bool>,
+    mut acked: mpsc::UnboundedReceiver<i64>,
+    in_flight: Arc<Mutex<InFlight>>,
+) {
+    let mut connected = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            session = sessions.recv() => {
+                let Some(_) = session else { return };
+                connected = on_connect(&client, &settings, &in_flight).await;
+            }
+            seq = acked.recv() => {
+                let Some(seq) = seq else { return };
+                if seq == PRESENCE {
+                    continue;
+                }
+                lock(&in_flight).rows.remove(&seq);
+                if let Err(e) = spool.call(move |c| outbox::remove(c, seq)).await {
+                    tracing::error!(error = %e, seq, "cannot delete an acknowledged outbox row");
+                }
+                continue;
+            }
+            _ = flush.notified() => {}
+            _ = tick.tick() => {}
+        }
+        if connected && let Err(e) = send_outbox(&client, &spool, &in_flight).await {
+            tracing::warn!(error = %e, "publishing the outbox");
+        }
+    }
+}
+
+/// The stand-in outbox sequence number of the `online` status, which is not in the outbox.
+const PRESENCE: i64 = -1;
+
+async fn on_connect(
+    client: &AsyncClient,
+    settings: &LinkSettings,
+    in_flight: &Arc<Mutex<InFlight>>,
+) -> bool {
+    for topic in &settings.subscriptions {
+        if let Err(e) = client.subscribe(topic, QoS::AtLeastOnce).await {
+            tracing::warn!(error = %e, %topic, "subscribing");
+            return false;
+        }
+    }
+    let (topic, payload) = &settings.online;
+    // Its packet id must not be taken for an outbox row's.
+    lock(in_flight).awaiting_pkid.push_back(PRESENCE);
+    client
+        .publish(topic, QoS::AtLeastOnce, true, payload.clone())
+        .await
+        .is_ok()
+}
+
+/// Hands every outbox row not yet with the client to it, oldest first.
+async fn send_outbox(
+    client: &AsyncClient,
+    spool: &Spool,
+    in_flight: &Arc<Mutex<InFlight>>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let pending = spool.call(|c| outbox::pending(c, 256)).await?;
+    for row in pending {
+        {
+            let mut state = lock(in_flight);
+            if !state.rows.insert(row.seq) {
+                continue;
+            }
+            // Recorded before the request exists, so the event loop always finds it.
+            state.awaiting_pkid.push_back(row.seq);
+        }
+        let message = row.message;
+        client
+            .publish(
+                message.topic,
+                QoS::AtLeastOnce,
+                message.retain,
+                message.payload,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn lock(in_flight: &Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
+    in_flight
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
