@@ -23,10 +23,7 @@ use capture_protocol::{ClipEvent, ClipKind, ProtocolV1, Timestamp, Uploaded, obj
 use capture_tests::fixtures::{Garage, Mosquitto, PgDatabase, RabbitMq, free_port, unique_name};
 use cloud_ingest::config::Config;
 use futures::{StreamExt, TryStreamExt};
-use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use sha2::{Digest, Sha256};
@@ -54,33 +51,7 @@ async fn main() -> Result<()> {
     // The core system's queue.
     let connection = rabbit.connect().await?;
     let channel = connection.create_channel().await?;
-    channel
-        .exchange_declare(
-            names.exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_declare(
-            names.queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            names.queue.as_str().into(),
-            names.exchange.as_str().into(),
-            "clip.*".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    names.declare(&channel, "clip.*").await?;
     channel.basic_qos(1000, BasicQosOptions::default()).await?;
 
     // N objects, as agents would have uploaded them.

@@ -12,12 +12,11 @@ use capture_tests::fixtures::{
     Garage, Mosquitto, PgDatabase, PgServer, RabbitMq, unique_name, wait_until,
 };
 use futures::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, ExchangeKind};
 use md5::{Digest, Md5};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
@@ -396,38 +395,6 @@ async fn postgres_killed_mid_test_restarts_on_the_same_port_with_committed_rows(
     Ok(())
 }
 
-/// Declares a durable topic exchange with a durable queue bound to `clip.*`.
-async fn declare(channel: &lapin::Channel, exchange: &str, queue: &str) -> Result<()> {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            "clip.*".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
-}
-
 /// Publishes a persistent message and waits for the broker's confirm.
 async fn publish_confirmed(
     channel: &lapin::Channel,
@@ -480,7 +447,7 @@ async fn rabbitmq_confirms_a_persistent_publish_and_delivers_it() -> Result<()> 
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    declare(&channel, &names.exchange, &names.queue).await?;
+    names.declare(&channel, "clip.*").await?;
 
     publish_confirmed(
         &channel,
@@ -514,7 +481,7 @@ async fn rabbitmq_killed_mid_test_restarts_on_the_same_port_with_durable_message
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        declare(&channel, &names.exchange, &names.queue).await?;
+        names.declare(&channel, "clip.*").await?;
         publish_confirmed(&channel, &names.exchange, "clip.completed", b"kept").await?;
     }
 

@@ -15,12 +15,9 @@ use capture_protocol::{
 use capture_tests::fixtures::{Garage, Mosquitto, RabbitMq, free_port, unique_name, wait_until};
 use cloud_ingest::config::Config;
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
-use lapin::{ExchangeKind, message::Delivery};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -307,33 +304,7 @@ impl CoreSystem {
         };
         let connection = rabbit.connect().await?;
         let channel = connection.create_channel().await?;
-        channel
-            .exchange_declare(
-                names.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_declare(
-                names.queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                names.queue.as_str().into(),
-                names.exchange.as_str().into(),
-                "clip.*".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        names.declare(&channel, "clip.*").await?;
         let consumer = channel
             .basic_consume(
                 names.queue.as_str().into(),
