@@ -64,6 +64,8 @@ enum Command {
     Validate(cli::ValidateArgs),
     /// Print a commented default configuration to start from.
     GenerateConfig,
+    /// Show what the spool holds: clips by state with bytes, and upload progress.
+    Spool(cli::SpoolArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Seal(args) => cli::seal(args),
         Command::Inspect(args) => cli::inspect(args),
         Command::Validate(args) => return cli::validate(args),
+        Command::Spool(args) => cli::spool(args),
         Command::GenerateConfig => {
             cli::generate_config();
             Ok(())

@@ -10,6 +10,7 @@ mod clip;
 mod config;
 mod record;
 mod snapshot;
+mod spool;
 
 pub use camera_args::CameraArgs;
 pub use cameras::cameras;
@@ -17,6 +18,7 @@ pub use clip::{InspectArgs, SealArgs, inspect, seal};
 pub use config::{ValidateArgs, generate_config, validate};
 pub use record::{RecordArgs, record};
 pub use snapshot::{SnapshotArgs, snapshot};
+pub use spool::{SpoolArgs, spool};
 
 use crate::capture::CaptureError;
 

@@ -43,6 +43,14 @@ pub use clips::{ClipRow, ClipState, NewClip, Sealed};
 pub use inbox::Received;
 pub use outbox::{OutboxMessage, Pending};
 
+/// The database's file name inside the agent's `spool_dir`.
+pub const DATABASE_FILE: &str = "spool.db";
+
+/// Where the spool database of `spool_dir` is.
+pub fn database_path(spool_dir: &Path) -> PathBuf {
+    spool_dir.join(DATABASE_FILE)
+}
+
 /// Why a spool operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
