@@ -73,6 +73,16 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Publish>) -> Publish {
         .expect("the observer is running")
 }
 
+/// Waits until every outbox row was acknowledged by the broker and deleted.
+async fn outbox_drained(spool: &Spool) {
+    wait_until("the outbox emptied by PUBACKs", DEADLINE, || {
+        let spool = spool.clone();
+        async move { Ok((outbox_len(&spool).await == 0).then_some(())) }
+    })
+    .await
+    .expect("the outbox drains");
+}
+
 async fn outbox_len(spool: &Spool) -> i64 {
     spool
         .call(|c| outbox::len(c))
@@ -109,12 +119,7 @@ async fn outbox_messages_reach_the_broker_and_leave_the_outbox_once_acknowledged
             format!(r#"{{"n":{n}}}"#).as_bytes()
         );
     }
-    wait_until("the outbox emptied by PUBACKs", DEADLINE, || {
-        let spool = spool.clone();
-        async move { Ok((outbox_len(&spool).await == 0).then_some(())) }
-    })
-    .await
-    .unwrap();
+    outbox_drained(&spool).await;
     link.shutdown();
 }
 
@@ -143,12 +148,7 @@ async fn messages_decided_while_the_broker_is_down_are_delivered_when_it_returns
     broker.restart().await.unwrap();
 
     assert_eq!(next(&mut uploaded).await.payload.as_ref(), b"clip-1");
-    wait_until("the outbox emptied after the outage", DEADLINE, || {
-        let spool = spool.clone();
-        async move { Ok((outbox_len(&spool).await == 0).then_some(())) }
-    })
-    .await
-    .unwrap();
+    outbox_drained(&spool).await;
     link.shutdown();
 }
 
