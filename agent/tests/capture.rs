@@ -10,7 +10,7 @@ use capture_agent::capture::{
     Camera, CameraState, CaptureError, RecordingRequest, Source, inspect, seal::part_path,
     seal_part_file,
 };
-use common::{decode, eventually, jpeg_size, test_camera};
+use common::{decode, eventually, jpeg_size, running_camera, test_camera};
 
 fn request(dir: &std::path::Path, clip_id: &str, order: &str) -> RecordingRequest {
     RecordingRequest {
@@ -27,11 +27,7 @@ fn request(dir: &std::path::Path, clip_id: &str, order: &str) -> RecordingReques
 async fn a_clip_holds_preroll_recorded_time_and_postroll_and_starts_on_a_keyframe() {
     let dir = tempfile::tempdir().unwrap();
     let spec = test_camera("top"); // pre-roll 3 s, post-roll 1 s (the defaults)
-    let camera = Camera::start(spec.clone()).unwrap();
-    camera
-        .wait_until_running(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let camera = running_camera(spec.clone()).await;
     let preroll_full = spec.preroll + Duration::from_millis(300);
     eventually("the pre-roll to fill", Duration::from_secs(20), || {
         camera
@@ -108,11 +104,7 @@ async fn abort_discards_the_clip_and_the_camera_records_again() {
     let mut spec = test_camera("side");
     spec.preroll = Duration::ZERO;
     spec.postroll = Duration::ZERO;
-    let camera = Camera::start(spec).unwrap();
-    camera
-        .wait_until_running(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let camera = running_camera(spec).await;
 
     let started = camera
         .start_recording(request(dir.path(), "gone", "SO-1"))
@@ -155,11 +147,7 @@ async fn abort_discards_the_clip_and_the_camera_records_again() {
 
 #[tokio::test]
 async fn a_snapshot_is_a_jpeg_of_the_configured_size() {
-    let camera = Camera::start(test_camera("snap")).unwrap();
-    camera
-        .wait_until_running(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let camera = running_camera(test_camera("snap")).await;
     let shot = camera.snapshot().await.unwrap();
     assert_eq!((shot.width, shot.height), (320, 240));
     assert_eq!(jpeg_size(&shot.jpeg), Some((320, 240)));
@@ -236,11 +224,7 @@ async fn a_part_file_cut_mid_fragment_seals_to_its_complete_frames() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = test_camera("cut");
     spec.preroll = Duration::ZERO;
-    let camera = Camera::start(spec).unwrap();
-    camera
-        .wait_until_running(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let camera = running_camera(spec).await;
     let started = camera
         .start_recording(request(dir.path(), "whole", "SO-7"))
         .await

@@ -3,6 +3,16 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+/// Runs `capture-agent validate --config CONFIG`.
+fn validate(config: &std::path::Path) -> std::process::Output {
+    agent()
+        .arg("validate")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("running capture-agent validate")
+}
+
 fn agent() -> Command {
     Command::new(env!("CARGO_BIN_EXE_capture-agent"))
 }
@@ -34,12 +44,7 @@ fn the_generated_config_validates_once_its_secret_files_exist() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, generated_config_in(dir.path())).unwrap();
-    let output = agent()
-        .arg("validate")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = validate(&config);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -61,12 +66,7 @@ fn a_bad_config_lists_every_problem_and_exits_78() {
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, text).unwrap();
 
-    let output = agent()
-        .arg("validate")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = validate(&config);
     assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("has 4 problem(s)"), "{stderr}");
@@ -85,12 +85,7 @@ fn broken_toml_and_a_missing_file_exit_78_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, "[agent\ndevice = 1\n").unwrap();
-    let output = agent()
-        .arg("validate")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = validate(&config);
     assert_eq!(output.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&output.stderr).contains("agent.toml"));
 

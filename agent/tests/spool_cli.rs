@@ -20,6 +20,18 @@ fn clip(clip_id: &str, started_at: &str) -> NewClip {
     }
 }
 
+/// The default configuration with its `spool_dir` set to `dir`, written into `dir`.
+fn config_with_spool_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("agent.toml");
+    let spool_dir = dir.to_str().expect("a UTF-8 temporary path");
+    let text = DEFAULT_CONFIG.replace(
+        "spool_dir = \"/var/lib/capture-agent\"",
+        &format!("spool_dir = {spool_dir:?}"),
+    );
+    std::fs::write(&config, text).expect("writing the config");
+    config
+}
+
 fn run(config: &std::path::Path, json: bool) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_capture-agent"));
     command.arg("spool").arg("--config").arg(config);
@@ -56,12 +68,7 @@ async fn spool_lists_clips_by_state_with_bytes_and_the_last_upload_error() {
         })
         .await
         .unwrap();
-    let config = dir.path().join("agent.toml");
-    let text = DEFAULT_CONFIG.replace(
-        "spool_dir = \"/var/lib/capture-agent\"",
-        &format!("spool_dir = {:?}", dir.path().to_str().unwrap()),
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = config_with_spool_in(dir.path());
 
     let output = run(&config, true);
     assert!(
@@ -105,12 +112,7 @@ async fn spool_lists_clips_by_state_with_bytes_and_the_last_upload_error() {
 #[test]
 fn spool_says_when_the_daemon_has_not_run_yet() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    let text = DEFAULT_CONFIG.replace(
-        "spool_dir = \"/var/lib/capture-agent\"",
-        &format!("spool_dir = {:?}", dir.path().to_str().unwrap()),
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = config_with_spool_in(dir.path());
     let output = run(&config, false);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

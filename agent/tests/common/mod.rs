@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use capture_agent::capture::{CameraSpec, Resolution, Source};
+use capture_agent::capture::{Camera, CameraHandle, CameraSpec, Resolution, Source};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -20,6 +20,16 @@ pub fn test_camera(name: &str) -> CameraSpec {
     };
     spec.bitrate = "500kbps".parse().unwrap();
     spec
+}
+
+/// Starts a camera and waits until its pipeline delivers frames.
+pub async fn running_camera(spec: CameraSpec) -> CameraHandle {
+    let camera = Camera::start(spec).unwrap();
+    camera
+        .wait_until_running(Duration::from_secs(20))
+        .await
+        .unwrap();
+    camera
 }
 
 /// Polls `condition` every 50 ms until it holds or `deadline` passes.
