@@ -9,6 +9,7 @@ pub mod config;
 pub mod link;
 pub mod spool;
 pub mod station;
+pub mod telemetry;
 
 /// The agent's version, as reported by `--version` and in the station status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
