@@ -6,6 +6,8 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod disk;
 pub mod link;
 pub mod spool;
 pub mod station;

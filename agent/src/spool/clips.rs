@@ -292,6 +292,39 @@ pub fn remove(connection: &Connection, clip_id: &str) -> Result<bool, SpoolError
     )? == 1)
 }
 
+/// Records when a clip really began (its first frame, pre-roll included) and how much
+/// pre-roll it holds, once the capture engine knows.
+pub fn set_start(
+    connection: &Connection,
+    clip_id: &str,
+    started_at: &str,
+    preroll_ms: i64,
+) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET started_at = ?2, preroll_ms = ?3, updated_at = ?4 WHERE clip_id = ?1",
+        params![clip_id, started_at, preroll_ms, now_text()],
+    )?;
+    Ok(())
+}
+
+/// Marks a clip failed for good, with the reason kept as its last error.
+pub fn fail(connection: &Connection, clip_id: &str, reason: &str) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET state = 'failed', last_error = ?2, updated_at = ?3 WHERE clip_id = ?1",
+        params![clip_id, reason, now_text()],
+    )?;
+    Ok(())
+}
+
+/// When the oldest clip the ingest has not accepted yet began (sealed, uploading, uploaded).
+pub fn oldest_unconfirmed(connection: &Connection) -> Result<Option<String>, SpoolError> {
+    Ok(connection.query_row(
+        "SELECT min(started_at) FROM clips WHERE state IN ('sealed', 'uploading', 'uploaded')",
+        [],
+        |row| row.get(0),
+    )?)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
