@@ -789,3 +789,113 @@ fn run_with_a_bad_config_lists_every_problem_and_exits_78() {
     assert!(stderr.contains("agent.device"), "{stderr}");
     assert!(stderr.contains("agent.station"), "{stderr}");
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl command line.
+fn tls_material(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=capture test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_connects_over_tls_with_a_username_and_password_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = tls_material(dir.path());
+    let passwords = dir.path().join("passwords");
+    let made = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["pi-01", "s3cret-pass"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(made.success());
+    let plain = capture_tests::fixtures::free_port().expect("port");
+    // The fixture's listener speaks TLS; a second, plain listener serves the test's clients.
+    // Both need a password.
+    let broker = Mosquitto::start_with(&format!(
+        "cafile {ca}\ncertfile {cert}\nkeyfile {key}\npassword_file {pw}\nallow_anonymous false\nlistener {plain} 127.0.0.1\n",
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+        pw = passwords.display(),
+    ))
+    .await
+    .expect("mosquitto with TLS");
+    let mut options = AgentOptions::new(broker.host(), broker.port());
+    options.mqtt_ca_file = Some(ca.clone());
+    options.mqtt_credentials = Some(("pi-01".into(), "s3cret-pass".into()));
+    let _agent = Agent::start(options).await.expect("the agent starts");
+    let mut line = MqttClient::connect_with(
+        broker.host(),
+        plain,
+        "line",
+        &[REPLY, STATUS],
+        Some(("pi-01", "s3cret-pass")),
+    )
+    .await
+    .expect("the line connects");
+    line.next_json("an online status", STATUS, WAIT, |s| s["state"] == "online")
+        .await
+        .expect("the agent is online over TLS");
+    let pong = send(&mut line, json!({"v":1,"id":"tls-1","op":"ping"})).await;
+    assert_ok(&pong);
+}
