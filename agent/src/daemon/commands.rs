@@ -617,15 +617,39 @@ impl Daemon {
         )
     }
 
-    /// A confirmation from the ingest.
+    /// A confirmation from the ingest: accepted clips become evictable, an integrity
+    /// rejection re-queues the clip for upload, any other rejection fails it with an event.
     pub(super) async fn on_confirm(&mut self, publish: Publish) {
-        match capture_protocol::parse_confirm(&publish.payload) {
-            Ok(confirm) => {
-                tracing::info!(clip_id = %confirm.clip_id, "confirmation received");
+        let confirm = match capture_protocol::parse_confirm(&publish.payload) {
+            Ok(confirm) => confirm,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable confirmation; dropped");
+                self.ack(&publish).await;
+                return;
             }
-            Err(e) => tracing::warn!(error = %e, "unreadable confirmation; dropped"),
-        }
+        };
+        let settings = self.uploader_settings.clone();
+        let applied = confirm.clone();
+        let effect = match self
+            .spool
+            .call(move |c| crate::uploader::apply_confirm(c, &settings, &applied))
+            .await
+        {
+            Ok(effect) => effect,
+            Err(e) => {
+                // Not acknowledged: the broker delivers it again.
+                tracing::error!(clip_id = %confirm.clip_id, error = %e, "cannot record a confirmation; it will be redelivered");
+                return;
+            }
+        };
         self.ack(&publish).await;
+        tracing::info!(clip_id = %confirm.clip_id, effect = ?effect, "confirmation applied");
+        if effect.queued_messages() {
+            self.link.flush();
+        }
+        if effect.needs_upload() {
+            self.wake_uploader.notify_one();
+        }
     }
 }
 

@@ -48,6 +48,7 @@ use crate::link::{Link, LinkHandle, LinkSettings};
 use crate::spool::Spool;
 use crate::station::{Station, StationPolicy};
 use crate::telemetry::Metrics;
+use crate::uploader::{Uploader, UploaderSettings};
 
 /// The name of the directory inside `spool_dir` that holds clip and photo files.
 pub const CLIP_DIR: &str = "clips";
@@ -83,6 +84,7 @@ struct Daemon {
     metrics: Arc<Metrics>,
     /// Notified when a clip is sealed, so the uploader looks at once.
     wake_uploader: Arc<Notify>,
+    uploader_settings: UploaderSettings,
     /// The spool is over its limits with nothing left to evict.
     disk_full: bool,
     clock_synced: bool,
@@ -98,6 +100,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let identity = Identity::from_config(&config)?;
+    let uploader_settings = UploaderSettings::from_config(&config)
+        .map_err(|p| anyhow::anyhow!("{}: {}", p.key, p.message))?;
     let spool_dir = config.agent.spool_dir.clone();
     let clip_dir = spool_dir.join(CLIP_DIR);
     std::fs::create_dir_all(&clip_dir)
@@ -147,6 +151,7 @@ pub async fn run(
         cameras,
         metrics,
         wake_uploader: Arc::new(Notify::new()),
+        uploader_settings: uploader_settings.clone(),
         disk_full: false,
         clock_synced,
         heartbeat: Arc::new(std::sync::atomic::AtomicU64::new(0)),
@@ -157,6 +162,16 @@ pub async fn run(
     daemon.wait_for_cameras(Duration::from_secs(15)).await;
     daemon.decide_unanswered().await?;
     daemon.refresh().await;
+
+    let flush = daemon.link.clone();
+    let uploader = Uploader::start(
+        uploader_settings,
+        capture_objstore::client(&crate::uploader::store_settings(&config, &secrets)),
+        daemon.spool.clone(),
+        daemon.metrics.clone(),
+        daemon.wake_uploader.clone(),
+        Arc::new(move || flush.flush()),
+    );
 
     let http = http::serve(&config.metrics.listen, daemon.metrics.clone())
         .await
@@ -193,6 +208,7 @@ pub async fn run(
 
     systemd::notify("STOPPING=1\nSTATUS=finishing the recording in progress");
     daemon.shut_down().await;
+    uploader.shutdown().await;
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
