@@ -304,8 +304,8 @@ impl Config {
         if self.disk.min_free_percent > 90 {
             problems.push(problem("disk.min_free_percent", "must be within 0..90"));
         }
-        if self.disk.max_bytes.0 < 64 << 20 {
-            problems.push(problem("disk.max_bytes", "must be at least 64MiB"));
+        if self.disk.max_bytes.0 < 1 << 20 {
+            problems.push(problem("disk.max_bytes", "must be at least 1MiB"));
         }
         if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(problem(

@@ -6,10 +6,13 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod disk;
 pub mod link;
 pub mod spool;
 pub mod station;
 pub mod telemetry;
+pub mod uploader;
 
 /// The agent's version, as reported by `--version` and in the station status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -54,6 +54,7 @@ pub struct LinkSettings {
     /// Subscribed (QoS 1) after every ConnAck.
     pub subscriptions: Vec<String>,
     /// Retained message published after every ConnAck (`online` status): topic, payload.
+    /// [`LinkHandle::set_presence`] replaces the payload while the link runs.
     pub online: (String, Vec<u8>),
     /// Retained last will (`offline` status): topic, payload.
     pub offline: (String, Vec<u8>),
@@ -77,6 +78,14 @@ pub struct LinkHandle {
     client: AsyncClient,
     flush: Arc<Notify>,
     connected: watch::Receiver<bool>,
+    presence: Arc<Mutex<Presence>>,
+}
+
+/// The current retained presence payload, and whether it changed since it was last sent.
+#[derive(Debug)]
+struct Presence {
+    payload: Vec<u8>,
+    changed: bool,
 }
 
 /// The running link's tasks; dropping this does not stop them, [`Link::shutdown`] does.
@@ -117,10 +126,15 @@ impl Link {
         let (acked_tx, acked_rx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(Mutex::new(InFlight::default()));
         let flush = Arc::new(Notify::new());
+        let presence = Arc::new(Mutex::new(Presence {
+            payload: settings.online.1.clone(),
+            changed: false,
+        }));
         let handle = LinkHandle {
             client: client.clone(),
             flush: flush.clone(),
             connected,
+            presence: presence.clone(),
         };
         let poller = tokio::spawn(poll(
             eventloop,
@@ -132,7 +146,7 @@ impl Link {
             in_flight.clone(),
         ));
         let publisher = tokio::spawn(publish(
-            client, settings, spool, flush, session_rx, acked_rx, in_flight,
+            client, settings, spool, flush, presence, session_rx, acked_rx, in_flight,
         ));
         Link {
             handle,
@@ -162,6 +176,21 @@ impl LinkHandle {
 
     /// Asks the publisher to send what the outbox holds now (after a spool commit).
     pub fn flush(&self) {
+        self.flush.notify_one();
+    }
+
+    /// Replaces the retained presence message (the station status): published at once when
+    /// connected and again after every ConnAck. Not durable on purpose: it is a snapshot of
+    /// the present, and the next one supersedes it.
+    pub fn set_presence(&self, payload: Vec<u8>) {
+        {
+            let mut presence = self
+                .presence
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            presence.payload = payload;
+            presence.changed = true;
+        }
         self.flush.notify_one();
     }
 
@@ -248,11 +277,13 @@ async fn poll(
 
 /// The publisher task: subscriptions and presence on connect, the outbox whenever there is
 /// something to send, deletion of what the broker acknowledged.
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     client: AsyncClient,
     settings: LinkSettings,
     spool: Spool,
     flush: Arc<Notify>,
+    presence: Arc<Mutex<Presence>>,
     mut sessions: mpsc::UnboundedReceiver<bool>,
     mut acked: mpsc::UnboundedReceiver<i64>,
     in_flight: Arc<Mutex<InFlight>>,
@@ -263,7 +294,7 @@ async fn publish(
         tokio::select! {
             session = sessions.recv() => {
                 let Some(_) = session else { return };
-                connected = on_connect(&client, &settings, &in_flight).await;
+                connected = on_connect(&client, &settings, &presence, &in_flight).await;
             }
             seq = acked.recv() => {
                 let Some(seq) = seq else { return };
@@ -279,6 +310,15 @@ async fn publish(
             _ = flush.notified() => {}
             _ = tick.tick() => {}
         }
+        if connected && let Some(payload) = changed_presence(&presence) {
+            lock(&in_flight).awaiting_pkid.push_back(PRESENCE);
+            if let Err(e) = client
+                .publish(&settings.online.0, QoS::AtLeastOnce, true, payload)
+                .await
+            {
+                tracing::warn!(error = %e, "publishing the status");
+            }
+        }
         if connected && let Err(e) = send_outbox(&client, &spool, &in_flight).await {
             tracing::warn!(error = %e, "publishing the outbox");
         }
@@ -288,9 +328,19 @@ async fn publish(
 /// The stand-in outbox sequence number of the `online` status, which is not in the outbox.
 const PRESENCE: i64 = -1;
 
+/// The presence payload if it changed since it was last published.
+fn changed_presence(presence: &Mutex<Presence>) -> Option<Vec<u8>> {
+    let mut presence = presence
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let changed = std::mem::replace(&mut presence.changed, false);
+    changed.then(|| presence.payload.clone())
+}
+
 async fn on_connect(
     client: &AsyncClient,
     settings: &LinkSettings,
+    presence: &Mutex<Presence>,
     in_flight: &Arc<Mutex<InFlight>>,
 ) -> bool {
     for topic in &settings.subscriptions {
@@ -299,11 +349,17 @@ async fn on_connect(
             return false;
         }
     }
-    let (topic, payload) = &settings.online;
+    let payload = {
+        let mut presence = presence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        presence.changed = false;
+        presence.payload.clone()
+    };
     // Its packet id must not be taken for an outbox row's.
     lock(in_flight).awaiting_pkid.push_back(PRESENCE);
     client
-        .publish(topic, QoS::AtLeastOnce, true, payload.clone())
+        .publish(&settings.online.0, QoS::AtLeastOnce, true, payload)
         .await
         .is_ok()
 }

@@ -3,10 +3,14 @@
 use std::process::ExitCode;
 
 use capture_agent::cli;
+use capture_agent::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
+  # Run the daemon (what the systemd unit does); JSON logs on stderr
+  capture-agent run --config /etc/capture-agent/agent.toml
+
   # Which cameras does this Pi have, and in which modes?
   capture-agent cameras
 
@@ -32,15 +36,27 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "capture-agent", version, about, after_long_help = EXAMPLES)]
 struct Cli {
-    /// Log filter (tracing syntax, e.g. `info` or `capture_agent=debug`).
-    #[arg(long, global = true, env = "CAPTURE_AGENT_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter (tracing syntax, e.g. `info` or `capture_agent=debug`). Default: `info`
+    /// for `run`, `warn` for the other commands.
+    #[arg(long, global = true, env = "CAPTURE_AGENT_LOG")]
+    log: Option<String>,
+    /// Log format: `json` (one object per line; the default for `run`) or `text`.
+    #[arg(long, global = true, env = "CAPTURE_AGENT_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: serve the station's commands, record, upload (systemd runs this).
+    #[command(
+        after_long_help = "Example:\n  capture-agent run --config /etc/capture-agent/agent.toml\n\n\
+        Exits with code 78 and every problem listed when the configuration is bad. SIGTERM\n\
+        seals the recording in progress (marked truncated) and exits within a few seconds.\n\
+        Metrics: GET http://127.0.0.1:9464/metrics (metrics.listen)."
+    )]
+    Run(cli::RunArgs),
     /// Record one clip from a camera, as the daemon would (operator test).
     #[command(
         after_long_help = "Example:\n  capture-agent record --source test --size 1280x720 --seconds 5 --out clip.mp4\n\n\
@@ -70,11 +86,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
-        .with_writer(std::io::stderr)
-        .init();
+    let daemon = matches!(cli.command, Command::Run(_));
+    let format = cli.log_format.unwrap_or(if daemon {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    let filter = cli
+        .log
+        .unwrap_or_else(|| if daemon { "info" } else { "warn" }.to_owned());
+    telemetry::init_logs(format, &filter);
     let result = match cli.command {
+        Command::Run(args) => return cli::run(args),
         Command::Record(args) => cli::record(args),
         Command::Snapshot(args) => cli::snapshot(args),
         Command::Cameras => cli::cameras(),

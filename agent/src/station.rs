@@ -220,6 +220,15 @@ impl Station {
         })
     }
 
+    /// Closes the recording because the agent is shutting down; the clips are marked
+    /// truncated (the order did not end with a `stop`).
+    pub fn close(&mut self) -> Option<Action> {
+        self.recording.take().map(|recording| Action::Stop {
+            recording,
+            truncated: true,
+        })
+    }
+
     fn start(
         &mut self,
         capture: &Capture,

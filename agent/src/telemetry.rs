@@ -144,7 +144,10 @@ impl Metrics {
             "counter",
             "Commands answered, by outcome.",
             &[
-                ("{outcome=\"ok\"}".into(), get(&self.commands_ok).to_string()),
+                (
+                    "{outcome=\"ok\"}".into(),
+                    get(&self.commands_ok).to_string(),
+                ),
                 (
                     "{outcome=\"error\"}".into(),
                     get(&self.commands_error).to_string(),
@@ -301,14 +304,32 @@ mod tests {
         *metrics.clips.lock().unwrap() = vec![(ClipState::Sealed, 2)];
         *metrics.cameras.lock().unwrap() = vec![("top".into(), true, 1)];
         let text = metrics.render();
-        assert!(text.contains("capture_commands_total{outcome=\"ok\"} 1\n"), "{text}");
-        assert!(text.contains("capture_command_seconds_sum 0.003000\n"), "{text}");
+        assert!(
+            text.contains("capture_commands_total{outcome=\"ok\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("capture_command_seconds_sum 0.003000\n"),
+            "{text}"
+        );
         assert!(text.contains("capture_command_seconds_count 1\n"), "{text}");
         assert!(text.contains("capture_mqtt_connected 1\n"), "{text}");
-        assert!(text.contains("capture_clips{state=\"sealed\"} 2\n"), "{text}");
-        assert!(text.contains("capture_clips{state=\"accepted\"} 0\n"), "{text}");
-        assert!(text.contains("capture_camera_restarts_total{camera=\"top\"} 1\n"), "{text}");
-        assert!(text.contains("# TYPE capture_uploads_total counter\n"), "{text}");
+        assert!(
+            text.contains("capture_clips{state=\"sealed\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("capture_clips{state=\"accepted\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("capture_camera_restarts_total{camera=\"top\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE capture_uploads_total counter\n"),
+            "{text}"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').expect("name value");
             assert!(value.parse::<f64>().is_ok(), "{name}: {value}");

@@ -59,7 +59,7 @@ fn a_bad_config_lists_every_problem_and_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let text = generated_config_in(dir.path())
         .replace("device = \"pi-01\"", "device = \"PI 01\"")
-        .replace("max_bytes = \"20GiB\"", "max_bytes = \"1MiB\"")
+        .replace("max_bytes = \"20GiB\"", "max_bytes = \"512KiB\"")
         .replace("resolution = \"1280x720\"", "resolution = \"1281x720\"");
     let secret = dir.path().join("obs-secret-access-key");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();

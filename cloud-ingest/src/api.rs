@@ -1,34 +1,44 @@
 //! The HTTP API (axum): the catalog for people and systems that need the videos of an order.
 //!
-//! | route | answer |
-//! | --- | --- |
-//! | `GET /v1/orders/{order}/clips` | the clips of an order, each with a presigned GET URL |
-//! | `GET /v1/clips/{id}` | one clip, with a presigned GET URL |
-//! | `GET /v1/stations` | the last retained status of every station (online/offline, queue) |
-//! | `GET /healthz` | 200 while the process serves (liveness) |
-//! | `GET /readyz` | 200 when MQTT, PostgreSQL and RabbitMQ are reachable, else 503 |
-//! | `GET /metrics` | Prometheus text |
+//! | route | scope | answer |
+//! | --- | --- | --- |
+//! | `GET /v1/orders/{order}/clips` | `clips:read` | the clips of an order, each with a presigned GET URL |
+//! | `GET /v1/clips/{id}` | `clips:read` | one clip, with a presigned GET URL |
+//! | `GET /v1/stations` | `stations:read` | the last retained status of every station (online/offline, queue) |
+//! | `GET /healthz` | open | 200 while the process serves (liveness) |
+//! | `GET /readyz` | open | 200 when MQTT, PostgreSQL and RabbitMQ are reachable, else 503 |
+//! | `GET /metrics` | open | Prometheus text; on `http.metrics_listen` when that is set |
+//!
+//! Every `/v1/` request, unknown paths included, goes through [`auth::authenticate`] first
+//! (401 without valid credentials), then the route's [`auth::require_scope`] (403).
 //!
 //! Errors are JSON, `{"error":{"code":"bad_order","message":"..."}}`: `400` for an order or
-//! clip id that breaks the id rules (`bad_order`, `bad_clip_id`), `404` (`not_found`) for an
-//! id the catalog does not know, `503` (`unavailable`) when PostgreSQL cannot be reached,
-//! `500` (`internal`) otherwise. Presigned URLs are signed locally (no request to the store)
-//! and live `store.presign_ttl`; only accepted clips get one.
+//! clip id that breaks the id rules (`bad_order`, `bad_clip_id`) or a bad `ttl` (`bad_ttl`),
+//! `401`/`403` (see [`auth`]), `404` (`not_found`) for an id the catalog does not know, `503`
+//! (`unavailable`) when PostgreSQL cannot be reached, `500` (`internal`) otherwise.
+//!
+//! Presigned URLs are signed locally (no request to the store); only accepted clips get one.
+//! They live `store.presign_ttl`, or less when the caller asks with `?ttl=` (e.g. `?ttl=2m`);
+//! a longer wish is capped at `store.presign_ttl`. Every URL handed out is logged as an audit
+//! event (target `audit`, message `clip URL issued`) with the caller's name, the order, the clip
+//! and the object key, never with the URL or its signature.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aws_sdk_s3::presigning::PresigningConfig;
-use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use capture_protocol::{ClipId, OrderId, Status, Timestamp, Uploaded};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::auth::{self, Authenticator, Principal, Scope};
 use crate::catalog::{self, CatalogError, Decision, Pool, StoredClip};
 use crate::consumer::Stations;
 use crate::telemetry::Metrics;
@@ -38,24 +48,61 @@ use crate::telemetry::Metrics;
 pub struct ApiState {
     pub pool: Arc<Pool>,
     pub s3: aws_sdk_s3::Client,
+    /// The lifetime of presigned URLs, and the longest a caller may ask for.
     pub presign_ttl: Duration,
     pub stations: Arc<Stations>,
     pub metrics: Arc<Metrics>,
 }
 
-/// The router of the whole API.
-pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/orders/{order}/clips", get(order_clips))
-        .route("/v1/clips/{id}", get(one_clip))
-        .route("/v1/stations", get(stations))
+/// The router of the whole API; `/metrics` only when `with_metrics` (else it is served by
+/// [`metrics_router`] on its own address).
+pub fn router(state: ApiState, auth: Arc<Authenticator>, with_metrics: bool) -> Router {
+    let counters = state.metrics.clone();
+    let scope = |scope: Scope| from_fn_with_state((scope, counters.clone()), auth::require_scope);
+    let v1 = Router::new()
+        .route(
+            "/orders/{order}/clips",
+            get(order_clips).route_layer(scope(Scope::ClipsRead)),
+        )
+        .route(
+            "/clips/{id}",
+            get(one_clip).route_layer(scope(Scope::ClipsRead)),
+        )
+        .route(
+            "/stations",
+            get(stations).route_layer(scope(Scope::StationsRead)),
+        )
+        // Unknown /v1/ paths answer 404 only to authenticated callers.
+        .fallback(not_found)
+        .layer(from_fn_with_state(auth, auth::authenticate));
+    let router = Router::new()
+        .nest("/v1", v1)
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
-        .route("/readyz", get(ready))
+        .route("/readyz", get(ready));
+    let router = if with_metrics {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// `/metrics` alone, for `http.metrics_listen`.
+pub fn metrics_router(state: ApiState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route".to_owned(),
+    )
 }
 
 /// An error answer: status, code, message.
@@ -64,12 +111,40 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// `WWW-Authenticate` of a 401 or 403.
+    challenge: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message,
+            challenge: None,
+        }
+    }
+
+    /// Adds a `WWW-Authenticate` challenge.
+    pub fn with_challenge(mut self, challenge: String) -> ApiError {
+        self.challenge = Some(challenge);
+        self
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(challenge) = self
+            .challenge
+            .and_then(|c| header::HeaderValue::from_str(&c).ok())
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        response
     }
 }
 
@@ -82,12 +157,15 @@ impl From<CatalogError> for ApiError {
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         tracing::warn!(error = %error, "API request failed");
-        ApiError {
-            status,
-            code,
-            message: error.to_string(),
-        }
+        ApiError::new(status, code, error.to_string())
     }
+}
+
+/// Query parameters of the routes that hand out presigned URLs.
+#[derive(Debug, Deserialize)]
+pub struct UrlQuery {
+    /// A shorter lifetime for the URLs, e.g. `2m` (capped at `store.presign_ttl`).
+    ttl: Option<String>,
 }
 
 /// One clip in an answer.
@@ -107,15 +185,51 @@ pub struct ClipView {
 }
 
 impl ApiState {
-    async fn view(&self, clip: StoredClip) -> Result<ClipView, ApiError> {
+    /// The lifetime of the URLs of one request: the caller's wish, capped by the config.
+    fn url_ttl(&self, query: &UrlQuery) -> Result<Duration, ApiError> {
+        let Some(text) = &query.ttl else {
+            return Ok(self.presign_ttl);
+        };
+        let wish = humantime::parse_duration(text)
+            .ok()
+            .filter(|ttl| *ttl >= Duration::from_secs(1))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_ttl",
+                    "ttl must be a duration of at least 1s, like 90s or 5m".to_owned(),
+                )
+            })?;
+        Ok(wish.min(self.presign_ttl))
+    }
+
+    /// One clip as the API shows it; a presigned URL for an accepted clip, audited.
+    async fn view(
+        &self,
+        clip: StoredClip,
+        caller: &Principal,
+        ttl: Duration,
+    ) -> Result<ClipView, ApiError> {
         let (status, reason) = match clip.decision {
             Decision::Accepted => ("accepted", None),
             Decision::Rejected(reason) => ("rejected", Some(reason)),
         };
         let (url, url_expires_at) = if status == "accepted" {
-            let url = self.presign(&clip.uploaded).await?;
-            let expires = time::OffsetDateTime::now_utc() + self.presign_ttl;
-            (Some(url), Timestamp::try_from(expires).ok())
+            let url = self.presign(&clip.uploaded, ttl).await?;
+            let expires = Timestamp::try_from(time::OffsetDateTime::now_utc() + ttl).ok();
+            Metrics::inc(&self.metrics.clip_urls_issued);
+            tracing::info!(
+                target: "audit",
+                caller = %caller.name,
+                via = %caller.via,
+                order = %clip.uploaded.order,
+                clip_id = %clip.uploaded.clip_id,
+                bucket = %clip.uploaded.bucket,
+                key = %clip.uploaded.key,
+                ttl_s = ttl.as_secs(),
+                "clip URL issued"
+            );
+            (Some(url), expires)
         } else {
             (None, None)
         };
@@ -129,14 +243,11 @@ impl ApiState {
         })
     }
 
-    async fn presign(&self, uploaded: &Uploaded) -> Result<String, ApiError> {
-        let internal = |message: String| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message,
-        };
-        let config = PresigningConfig::expires_in(self.presign_ttl)
-            .map_err(|e| internal(format!("presigning: {e}")))?;
+    async fn presign(&self, uploaded: &Uploaded, ttl: Duration) -> Result<String, ApiError> {
+        let internal =
+            |message: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message);
+        let config =
+            PresigningConfig::expires_in(ttl).map_err(|e| internal(format!("presigning: {e}")))?;
         let request = self
             .s3
             .get_object()
@@ -151,49 +262,47 @@ impl ApiState {
 
 async fn order_clips(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Principal>,
     Path(order): Path<String>,
+    Query(query): Query<UrlQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let order: OrderId = order
-        .parse()
-        .map_err(|e: capture_protocol::InvalidId| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_order",
-            message: e.to_string(),
-        })?;
+    let order: OrderId = order.parse().map_err(|e: capture_protocol::InvalidId| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_order", e.to_string())
+    })?;
+    let ttl = state.url_ttl(&query)?;
     let clips = catalog::clips_of_order(&state.pool, order.as_str()).await?;
     if clips.is_empty() {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message: format!("no clips for order {order}"),
-        });
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no clips for order {order}"),
+        ));
     }
     let mut views = Vec::with_capacity(clips.len());
     for clip in clips {
-        views.push(state.view(clip).await?);
+        views.push(state.view(clip, &caller, ttl).await?);
     }
     Ok(axum::Json(json!({"order": order, "clips": views})))
 }
 
 async fn one_clip(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
+    Query(query): Query<UrlQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let clip_id: ClipId = id
-        .parse()
-        .map_err(|e: capture_protocol::InvalidId| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_clip_id",
-            message: e.to_string(),
-        })?;
-    let clip = catalog::clip(&state.pool, &clip_id)
-        .await?
-        .ok_or_else(|| ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message: format!("no clip {clip_id}"),
-        })?;
-    Ok(axum::Json(state.view(clip).await?))
+    let clip_id: ClipId = id.parse().map_err(|e: capture_protocol::InvalidId| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_clip_id", e.to_string())
+    })?;
+    let ttl = state.url_ttl(&query)?;
+    let clip = catalog::clip(&state.pool, &clip_id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no clip {clip_id}"),
+        )
+    })?;
+    Ok(axum::Json(state.view(clip, &caller, ttl).await?))
 }
 
 async fn stations(State(state): State<ApiState>) -> impl IntoResponse {

@@ -1,5 +1,6 @@
-//! The catalog in PostgreSQL: clips, the event outbox, poison messages, and the migrations that
-//! create them (`migrations/*.sql`, embedded in the binary).
+//! The catalog in PostgreSQL: clips, the event outbox, poison messages, the API's service
+//! tokens ([`crate::auth::tokens`]), and the migrations that create them (`migrations/*.sql`,
+//! embedded in the binary).
 //!
 //! # Invariants
 //!
@@ -32,7 +33,10 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_postgres::{Client, NoTls};
 
 /// Embedded migrations, applied in order, each once (`schema_migrations` keeps count).
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_catalog.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_catalog.sql")),
+    (2, include_str!("../migrations/0002_api_tokens.sql")),
+];
 
 /// Advisory lock key that serializes migrations of concurrently starting replicas.
 const MIGRATION_LOCK: i64 = 0x0CA9_7001;

@@ -44,6 +44,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("CLOUD_INGEST_AMQP_URL", "amqp.url"),
     ("CLOUD_INGEST_AMQP_EXCHANGE", "amqp.exchange"),
     ("CLOUD_INGEST_HTTP_LISTEN", "http.listen"),
+    ("CLOUD_INGEST_HTTP_METRICS_LISTEN", "http.metrics_listen"),
+    ("CLOUD_INGEST_AUTH_OIDC_ISSUER", "auth.oidc.issuer"),
+    ("CLOUD_INGEST_AUTH_OIDC_AUDIENCE", "auth.oidc.audience"),
+    ("CLOUD_INGEST_AUTH_OIDC_JWKS_URL", "auth.oidc.jwks_url"),
 ];
 
 /// The whole configuration of one ingest replica.
@@ -57,6 +61,10 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub amqp: AmqpConfig,
     pub http: HttpConfig,
+    /// Who may call the HTTP API. Service tokens are always on; single sign-on when
+    /// `[auth.oidc]` is present.
+    #[serde(default)]
+    pub auth: AuthConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
 }
@@ -95,6 +103,8 @@ pub struct StoreConfig {
     pub secret_access_key_file: Option<PathBuf>,
     #[serde(default)]
     pub verify: VerifyMode,
+    /// The longest lifetime of a presigned GET URL, and the lifetime a caller gets when it
+    /// asks for none (`?ttl=` asks for less).
     #[serde(default = "default_presign_ttl", deserialize_with = "human_duration")]
     pub presign_ttl: Duration,
     #[serde(default = "default_concurrency")]
@@ -154,6 +164,64 @@ pub struct AmqpConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
+    /// Where `/metrics` is served instead of `listen`: an address only the cluster reaches.
+    /// Unset: `/metrics` is served on `listen`, unauthenticated like `/healthz`.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+/// Authentication of API callers. Service tokens need no configuration: they live in the
+/// catalog database (`cloud-ingest token create`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+}
+
+/// Single sign-on: bearer JWTs issued by the company's OpenID Connect provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Must equal the token's `iss` exactly.
+    pub issuer: String,
+    /// Must be one of the token's `aud`.
+    pub audience: String,
+    /// The provider's JSON Web Key Set: https, or http on a loopback address.
+    pub jwks_url: String,
+    /// Signature algorithms accepted (`RS256`, `RS384`, `RS512`, `PS256`, `PS384`, `PS512`,
+    /// `ES256`, `ES384`, `EdDSA`). `none` and the HMAC algorithms never are.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Tolerance on `exp` and `nbf` for clocks that disagree.
+    #[serde(default = "default_clock_skew", deserialize_with = "human_duration")]
+    pub clock_skew: Duration,
+    /// Keys are fetched again at least this often.
+    #[serde(default = "default_jwks_max_age", deserialize_with = "human_duration")]
+    pub jwks_max_age: Duration,
+    /// A token with an unknown key id fetches the keys again, at most this often.
+    #[serde(
+        default = "default_jwks_min_refresh",
+        deserialize_with = "human_duration"
+    )]
+    pub jwks_min_refresh: Duration,
+    /// The claim holding scopes or roles (dotted path into nested objects): a string of
+    /// space-separated values or an array of strings.
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    /// Claim values that grant scopes (e.g. a role `capture-viewer` -> `clips:read`). A value
+    /// that is itself a scope name grants that scope.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+    /// The claim naming the caller in the audit log; `sub` when the token lacks it.
+    #[serde(default = "default_name_claim")]
+    pub name_claim: String,
+    /// Optional claim listing the environments the caller may use; unset: any.
+    #[serde(default)]
+    pub environments_claim: Option<String>,
+    /// PEM file with extra CA certificates for the JWKS URL (a company CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,6 +275,28 @@ fn default_poll_interval() -> Duration {
 fn default_grace() -> Duration {
     Duration::from_secs(10)
 }
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".to_owned()]
+}
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_jwks_max_age() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_jwks_min_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_scopes_claim() -> String {
+    "scope".to_owned()
+}
+fn default_name_claim() -> String {
+    "preferred_username".to_owned()
+}
+
+/// The longest `store.presign_ttl`: a presigned URL reaches a video of people at work
+/// without further checks, by whoever holds it.
+pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 fn human_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
@@ -392,11 +482,11 @@ impl Config {
             );
         }
         if self.store.presign_ttl < Duration::from_secs(1)
-            || self.store.presign_ttl > Duration::from_secs(7 * 24 * 3600)
+            || self.store.presign_ttl > MAX_PRESIGN_TTL
         {
             problem(
                 "store.presign_ttl",
-                "must be between 1s and 7 days (the S3 limit)".to_owned(),
+                "must be between 1s and 24h: anyone holding a URL can watch the video".to_owned(),
             );
         }
         if !(1..=1024).contains(&self.store.concurrency) {
@@ -448,6 +538,23 @@ impl Config {
                 format!("{:?} is not an address like 0.0.0.0:8080", self.http.listen),
             );
         }
+        if let Some(metrics) = &self.http.metrics_listen {
+            match metrics.parse::<SocketAddr>() {
+                Err(_) => problem(
+                    "http.metrics_listen",
+                    format!("{metrics:?} is not an address like 0.0.0.0:9090"),
+                ),
+                Ok(addr) if self.http.listen.parse::<SocketAddr>().ok() == Some(addr) => problem(
+                    "http.metrics_listen",
+                    "must differ from http.listen".to_owned(),
+                ),
+                Ok(_) => {}
+            }
+        }
+        if let Some(oidc) = &self.auth.oidc {
+            oidc.validate(&mut problem);
+        }
+        let ca_file = self.auth.oidc.as_ref().and_then(|o| o.ca_file.clone());
         for (key, path) in [
             ("mqtt.password_file", &self.mqtt.password_file),
             (
@@ -457,6 +564,7 @@ impl Config {
             ("postgres.password_file", &self.postgres.password_file),
             ("amqp.url_file", &self.amqp.url_file),
             ("amqp.password_file", &self.amqp.password_file),
+            ("auth.oidc.ca_file", &ca_file),
         ] {
             if let Some(path) = path
                 && let Err(e) = std::fs::metadata(path)
@@ -507,6 +615,94 @@ impl Config {
             postgres_password: read("postgres.password_file", &self.postgres.password_file)?,
             amqp_url,
         })
+    }
+}
+
+impl OidcConfig {
+    fn validate(&self, problem: &mut impl FnMut(&str, String)) {
+        for (key, value) in [
+            ("auth.oidc.issuer", &self.issuer),
+            ("auth.oidc.audience", &self.audience),
+            ("auth.oidc.scopes_claim", &self.scopes_claim),
+            ("auth.oidc.name_claim", &self.name_claim),
+        ] {
+            if value.trim().is_empty() {
+                problem(key, "must not be empty".to_owned());
+            }
+        }
+        if let Err(message) = check_jwks_url(&self.jwks_url) {
+            problem("auth.oidc.jwks_url", message);
+        }
+        if self.algorithms.is_empty() {
+            problem("auth.oidc.algorithms", "must name at least one".to_owned());
+        }
+        for alg in &self.algorithms {
+            if alg.eq_ignore_ascii_case("none") || alg.to_ascii_uppercase().starts_with("HS") {
+                problem(
+                    "auth.oidc.algorithms",
+                    format!(
+                        "{alg:?} is never accepted: tokens must be signed by the provider's key"
+                    ),
+                );
+            } else if crate::auth::jwt::Algorithm::from_name(alg).is_none() {
+                problem(
+                    "auth.oidc.algorithms",
+                    format!(
+                        "{alg:?} is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, \
+                         ES384, EdDSA"
+                    ),
+                );
+            }
+        }
+        if self.clock_skew > Duration::from_secs(300) {
+            problem("auth.oidc.clock_skew", "must be at most 5m".to_owned());
+        }
+        if self.jwks_max_age < Duration::from_secs(60)
+            || self.jwks_max_age > Duration::from_secs(24 * 3600)
+        {
+            problem(
+                "auth.oidc.jwks_max_age",
+                "must be between 1m and 24h".to_owned(),
+            );
+        }
+        if self.jwks_min_refresh < Duration::from_secs(1)
+            || self.jwks_min_refresh > self.jwks_max_age
+        {
+            problem(
+                "auth.oidc.jwks_min_refresh",
+                "must be between 1s and auth.oidc.jwks_max_age".to_owned(),
+            );
+        }
+        for (role, scopes) in &self.roles {
+            for scope in scopes {
+                if scope.parse::<crate::auth::Scope>().is_err() {
+                    problem(
+                        "auth.oidc.roles",
+                        format!(
+                            "role {role:?} grants {scope:?}, which is not a scope ({})",
+                            crate::auth::Scope::list()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The JWKS URL must be https: whoever can change the keys can sign in as anyone. Plain http
+/// is allowed to a loopback address only (a provider on the same host, tests).
+fn check_jwks_url(url: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(()),
+        Some("http") if matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(()),
+        Some("http") => Err(format!(
+            "{url:?}: must be https (plain http only to 127.0.0.1, localhost or [::1])"
+        )),
+        _ => Err(format!("{url:?} is not an https URL")),
     }
 }
 
@@ -609,6 +805,117 @@ mod tests {
         let bad = DEFAULT_CONFIG.replace(r#"presign_ttl = "15m""#, r#"presign_ttl = "soon""#);
         let problems = Config::parse(&bad, &[]).unwrap_err().problems();
         assert!(problems[0].message.contains("soon"), "{problems:?}");
+    }
+
+    /// The default with its commented `[auth.oidc]` example switched on (but `ca_file`, which
+    /// names a file of the operator's).
+    fn default_with_sso() -> String {
+        let mut in_example = false;
+        DEFAULT_CONFIG
+            .lines()
+            .map(|line| {
+                if line.starts_with("# [auth.oidc]") {
+                    in_example = true;
+                } else if line.starts_with('[') {
+                    in_example = false;
+                }
+                match line.strip_prefix("# ") {
+                    Some(setting)
+                        if in_example
+                            && (setting.starts_with('[') || setting.contains(" = "))
+                            && !setting.starts_with("ca_file") =>
+                    {
+                        setting.to_owned()
+                    }
+                    _ => line.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_default_serves_metrics_apart_and_its_sso_example_validates() {
+        let config = Config::parse(DEFAULT_CONFIG, &[]).unwrap();
+        assert_eq!(config.http.metrics_listen.as_deref(), Some("0.0.0.0:9090"));
+        assert!(config.auth.oidc.is_none(), "SSO is off until configured");
+
+        let config = Config::parse(&default_with_sso(), &[]).unwrap();
+        let oidc = config.auth.oidc.unwrap();
+        assert_eq!(oidc.audience, "cloud-ingest");
+        assert_eq!(oidc.algorithms, ["RS256"]);
+        assert_eq!(oidc.environments_claim.as_deref(), Some("capture_envs"));
+        assert_eq!(oidc.roles["capture-viewer"], ["clips:read"]);
+        assert_eq!(oidc.jwks_min_refresh, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn sso_can_be_switched_on_from_the_environment() {
+        let vars = [
+            (
+                "CLOUD_INGEST_AUTH_OIDC_ISSUER",
+                "https://login.microsoftonline.com/t/v2.0",
+            ),
+            ("CLOUD_INGEST_AUTH_OIDC_AUDIENCE", "api://cloud-ingest"),
+            (
+                "CLOUD_INGEST_AUTH_OIDC_JWKS_URL",
+                "https://login.microsoftonline.com/t/discovery/v2.0/keys",
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config = Config::parse(DEFAULT_CONFIG, &vars).unwrap();
+        assert_eq!(config.auth.oidc.unwrap().audience, "api://cloud-ingest");
+        // Half of it is a problem with its key, not a silent "off".
+        let problems = Config::parse(DEFAULT_CONFIG, &vars[..1])
+            .unwrap_err()
+            .problems();
+        assert!(problems[0].message.contains("audience"), "{problems:?}");
+    }
+
+    #[test]
+    fn sso_and_url_settings_are_validated_with_their_keys() {
+        let text = default_with_sso()
+            .replace(
+                "jwks_url = \"https://login.factory.internal",
+                "jwks_url = \"http://login.factory.internal",
+            )
+            .replace(
+                r#"algorithms = ["RS256"]"#,
+                r#"algorithms = ["RS256", "none", "HS256", "XS1"]"#,
+            )
+            .replace(r#"clock_skew = "60s""#, r#"clock_skew = "1h""#)
+            .replace(
+                r#""capture-fleet" = ["stations:read"]"#,
+                r#""capture-fleet" = ["stations:write"]"#,
+            )
+            .replace(r#"presign_ttl = "15m""#, r#"presign_ttl = "2d""#)
+            .replace(
+                r#"metrics_listen = "0.0.0.0:9090""#,
+                r#"metrics_listen = "0.0.0.0:8080""#,
+            );
+        let problems = Config::parse(&text, &[]).unwrap_err().problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "store.presign_ttl",
+                "http.metrics_listen",
+                "auth.oidc.jwks_url",
+                "auth.oidc.algorithms",
+                "auth.oidc.algorithms",
+                "auth.oidc.algorithms",
+                "auth.oidc.clock_skew",
+                "auth.oidc.roles",
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[3].message.contains("never accepted"),
+            "{problems:?}"
+        );
+        assert!(check_jwks_url("http://127.0.0.1:8081/certs").is_ok());
+        assert!(check_jwks_url("https://login.example/certs").is_ok());
+        assert!(check_jwks_url("ftp://login.example/certs").is_err());
     }
 
     #[test]

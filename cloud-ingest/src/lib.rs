@@ -9,7 +9,8 @@
 //!       ─> catalog::commit (clip row + outbox event, one transaction)
 //!       ─> MQTT ack, confirm to cap/{env}/device/{device}/confirm
 //! outbox relay ─> RabbitMQ exchange capture.events (persistent, confirmed) ─> row marked sent
-//! api (axum) ─> catalog, presigned URLs, station status, health, metrics
+//! api (axum) ─> auth (service tokens, OIDC JWTs, scopes) ─> catalog, presigned URLs (audited),
+//!                station status; health, readiness, metrics (optionally on their own address)
 //! ```
 //!
 //! The service is stateless: every replica consumes from the same shared subscription and
@@ -17,12 +18,14 @@
 //! (the binary wires SIGTERM and ctrl-c to it); the library installs no signal handler.
 //!
 //! Modules: [`config`] (file, env, secrets, validation), [`consumer`] (MQTT link and worker),
-//! [`verify`], [`catalog`] (+ `migrations/`), [`outbox`] (relay to AMQP), [`api`],
-//! [`telemetry`] (logs, metrics).
+//! [`verify`], [`catalog`] (+ `migrations/`), [`outbox`] (relay to AMQP), [`api`], [`auth`]
+//! (who may call the API: service tokens, OIDC, scopes; the `token` CLI), [`telemetry`] (logs,
+//! metrics).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod consumer;
@@ -37,6 +40,7 @@ use std::time::Duration;
 use rumqttc::AsyncClient;
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::catalog::{CatalogError, Pool};
 use crate::config::{Config, ConfigError, Secrets};
 use crate::consumer::{Stations, Worker};
@@ -62,6 +66,8 @@ pub enum RunError {
     Env(#[from] capture_protocol::InvalidId),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
     #[error("binding the HTTP listener on {addr}: {source}")]
     Bind {
         addr: String,
@@ -72,7 +78,7 @@ pub enum RunError {
     Http(#[source] std::io::Error),
 }
 
-fn pool(config: &Config, secrets: &Secrets) -> Result<Pool, CatalogError> {
+pub(crate) fn pool(config: &Config, secrets: &Secrets) -> Result<Pool, CatalogError> {
     Pool::new(
         &config.postgres.url,
         secrets.postgres_password.as_deref(),
@@ -121,28 +127,34 @@ pub async fn run(
     });
 
     // HTTP first, so that /healthz answers while the dependencies come up.
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: config.http.listen.clone(),
-            source,
-        })?;
-    tracing::info!(listen = %config.http.listen, "HTTP API listening");
-    let app = api::router(api::ApiState {
+    let auth = Arc::new(Authenticator::new(&config, pool.clone(), metrics.clone())?);
+    let state = api::ApiState {
         pool: pool.clone(),
         s3: s3.clone(),
         presign_ttl: config.store.presign_ttl,
         stations: stations.clone(),
         metrics: metrics.clone(),
-    });
-    let mut http_stop = stop.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    };
+    let metrics_apart = config.http.metrics_listen.clone();
+    let mut servers = vec![
+        serve(
+            &config.http.listen,
+            api::router(state.clone(), auth.clone(), metrics_apart.is_none()),
+            stop.clone(),
+        )
+        .await?,
+    ];
+    if let Some(listen) = &metrics_apart {
+        servers.push(serve(listen, api::metrics_router(state), stop.clone()).await?);
+    }
+    tracing::info!(
+        listen = %config.http.listen,
+        metrics = %metrics_apart.as_deref().unwrap_or("on the API address"),
+        service_tokens = true,
+        oidc_issuer = %config.auth.oidc.as_ref().map_or("off", |o| o.issuer.as_str()),
+        "HTTP API listening; every /v1/ route needs a bearer token"
+    );
+    tokio::spawn(async move { auth.prefetch().await });
 
     // The catalog schema, retried until PostgreSQL answers.
     let mut backoff = Duration::from_millis(200);
@@ -156,7 +168,9 @@ pub async fn run(
             Err(error) => {
                 tracing::warn!(error = %error, retry_in = ?backoff, "migrating the catalog failed");
                 if sleep_or_shutdown(backoff, &mut waiting).await {
-                    let _ = http.await;
+                    for server in servers {
+                        let _ = server.await;
+                    }
                     return Ok(());
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -225,9 +239,32 @@ pub async fn run(
     for relay in relays {
         let _ = relay.await;
     }
-    if let Ok(Err(error)) = http.await {
-        return Err(RunError::Http(error));
+    for server in servers {
+        if let Ok(Err(error)) = server.await {
+            return Err(RunError::Http(error));
+        }
     }
     tracing::info!("cloud ingest stopped");
     Ok(())
+}
+
+/// Binds `listen` and serves `app` on a task of its own until `stop`.
+async fn serve(
+    listen: &str,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, RunError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: listen.to_owned(),
+            source,
+        })?;
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    }))
 }

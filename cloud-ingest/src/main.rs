@@ -3,12 +3,14 @@
 //! `run` reads and validates the config, runs the service until SIGTERM or ctrl-c, then drains
 //! within the configured grace period. `validate` prints every problem of a config and exits
 //! 78 (`EX_CONFIG`) when there is one. `generate-config` prints the commented default.
+//! `token create|list|revoke` manages the API's service tokens in the catalog database.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use cloud_ingest::auth::cli::TokenCommand;
 use cloud_ingest::config::{Config, DEFAULT_CONFIG};
 
 /// `EX_CONFIG` from sysexits.h: the configuration is wrong.
@@ -41,6 +43,9 @@ enum Command {
     },
     /// Print the commented default configuration.
     GenerateConfig,
+    /// Create, list or revoke the service tokens of the HTTP API.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Command::Run { ref config }
         | Command::Migrate { ref config }
         | Command::Validate { ref config } => config.clone(),
+        Command::Token(ref command) => command.config().to_owned(),
     };
     let config = match Config::load(&config_path) {
         Ok(config) => config,
@@ -64,12 +70,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    if let Command::Validate { .. } = cli.command {
-        println!("{}: ok", config_path.display());
-        return ExitCode::SUCCESS;
-    }
+    let command = match cli.command {
+        Command::Validate { .. } => {
+            println!("{}: ok", config_path.display());
+            return ExitCode::SUCCESS;
+        }
+        Command::Token(command) => return token(&config, command),
+        command => command,
+    };
     cloud_ingest::telemetry::init_logs();
-    match serve(cli.command, config) {
+    match serve(command, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "cloud-ingest failed");
@@ -102,6 +112,18 @@ async fn serve(command: Command, config: Config) -> anyhow::Result<()> {
         _ = async { let _ = after_grace.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
             tracing::warn!("grace period over; exiting with work in hand (it will be redelivered)");
             Ok(())
+        }
+    }
+}
+
+/// `token ...`: errors on stderr, exit 1.
+#[tokio::main(flavor = "current_thread")]
+async fn token(config: &Config, command: TokenCommand) -> ExitCode {
+    match cloud_ingest::auth::cli::run(config, command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cloud-ingest token: {:#}", anyhow::Error::new(error));
+            ExitCode::FAILURE
         }
     }
 }

@@ -15,6 +15,9 @@
 //! | `ingest_retries_total{stage}` | transient failures retried: `verify`, `catalog`, `relay` |
 //! | `ingest_batch_seconds_sum/_count` | time from batch start to catalog commit |
 //! | `ingest_up{dependency}` | 1 when MQTT, PostgreSQL (last use), RabbitMQ are connected |
+//! | `ingest_api_denied_total{status}` | API requests refused: `401` (no or invalid credentials), `403` (scope or environment) |
+//! | `ingest_clip_urls_issued_total` | presigned clip URLs handed out (each one also an audit log event) |
+//! | `ingest_jwks_fetch_failures_total` | failed fetches of the identity provider's keys |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +50,10 @@ pub struct Metrics {
     pub mqtt_up: AtomicBool,
     pub postgres_up: AtomicBool,
     pub amqp_up: AtomicBool,
+    pub api_unauthenticated: AtomicU64,
+    pub api_forbidden: AtomicU64,
+    pub clip_urls_issued: AtomicU64,
+    pub jwks_fetch_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -127,6 +134,29 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "ingest_up{{dependency=\"{dependency}\"}} {}", up(flag));
         }
+        let _ = writeln!(
+            out,
+            "# HELP ingest_api_denied_total API requests refused, by status.\n\
+             # TYPE ingest_api_denied_total counter\n\
+             ingest_api_denied_total{{status=\"401\"}} {}\n\
+             ingest_api_denied_total{{status=\"403\"}} {}",
+            get(&self.api_unauthenticated),
+            get(&self.api_forbidden)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_clip_urls_issued_total Presigned clip URLs handed out (each audited).\n\
+             # TYPE ingest_clip_urls_issued_total counter\n\
+             ingest_clip_urls_issued_total {}",
+            get(&self.clip_urls_issued)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_jwks_fetch_failures_total Failed fetches of the identity provider's keys.\n\
+             # TYPE ingest_jwks_fetch_failures_total counter\n\
+             ingest_jwks_fetch_failures_total {}",
+            get(&self.jwks_fetch_failures)
+        );
         out
     }
 }

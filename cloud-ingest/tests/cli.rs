@@ -38,7 +38,21 @@ fn validate_lists_every_problem_with_its_key_and_exits_78() -> Result<()> {
         .replace(
             r#"# secret_access_key_file = "/run/secrets/s3-secret""#,
             r#"secret_access_key_file = "/nonexistent/s3-secret""#,
-        );
+        )
+        .replace("# [auth.oidc]\n", "[auth.oidc]\n")
+        .replace(
+            r#"# issuer = "https://login.factory.internal/realms/factory""#,
+            r#"issuer = "https://login.factory.internal/realms/factory""#,
+        )
+        .replace(
+            r#"# audience = "cloud-ingest""#,
+            r#"audience = "cloud-ingest""#,
+        )
+        .replace(
+            r#"# jwks_url = "https://login"#,
+            r#"jwks_url = "http://login"#,
+        )
+        .replace(r#"# algorithms = ["RS256"]"#, r#"algorithms = ["none"]"#);
     let path = dir.path().join("ingest.toml");
     std::fs::write(&path, broken)?;
     let output = Command::new(BIN)
@@ -51,6 +65,8 @@ fn validate_lists_every_problem_with_its_key_and_exits_78() -> Result<()> {
         "env:",
         "postgres.pool_size:",
         "store.secret_access_key_file:",
+        "auth.oidc.jwks_url:",
+        "auth.oidc.algorithms:",
     ] {
         assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
     }

@@ -144,6 +144,21 @@ fn the_base_is_a_sound_highly_available_deployment() -> Result<()> {
         get(&service, "spec.ports.0.targetPort")?.as_str(),
         Some("http")
     );
+    // /metrics on its own port: scraped there, never behind the Service.
+    assert_eq!(get(container, "ports.1.name")?.as_str(), Some("metrics"));
+    let metrics_port = get(container, "ports.1.containerPort")?
+        .as_u64()
+        .context("metrics port")?;
+    assert_eq!(
+        get(&deployment, "spec.template.metadata.annotations")?
+            .get("prometheus.io/port")
+            .and_then(Value::as_str),
+        Some(metrics_port.to_string().as_str())
+    );
+    let service_ports = get(&service, "spec.ports")?
+        .as_sequence()
+        .context("service ports")?;
+    assert_eq!(service_ports.len(), 1, "the Service exposes the API only");
     let client_id = container
         .get("env")
         .and_then(Value::as_sequence)
@@ -178,6 +193,10 @@ fn the_base_is_a_sound_highly_available_deployment() -> Result<()> {
     assert_eq!(args, ["run", "--config", "/etc/cloud-ingest/ingest.toml"]);
     let config = config_with(&[])?;
     assert_eq!(config.http.listen, "0.0.0.0:8080");
+    assert_eq!(
+        config.http.metrics_listen,
+        Some(format!("0.0.0.0:{metrics_port}"))
+    );
     let toml = std::fs::read_to_string(base.join("ingest.toml"))?;
     let named: Vec<&str> = SECRET_KEYS
         .iter()
@@ -242,7 +261,7 @@ fn overlay_env(overlay: &str) -> Result<Vec<(String, String)>> {
 
 #[test]
 fn each_overlay_merged_onto_the_base_gives_a_valid_config_for_its_environment() -> Result<()> {
-    let mut buckets = Vec::new();
+    let (mut buckets, mut audiences) = (Vec::new(), Vec::new());
     for overlay in ["dev", "prod"] {
         let env = overlay_env(overlay)?;
         let known: Vec<&str> = ENV_OVERRIDES.iter().map(|(var, _)| *var).collect();
@@ -258,8 +277,14 @@ fn each_overlay_merged_onto_the_base_gives_a_valid_config_for_its_environment() 
         assert_eq!(config.env, overlay, "{overlay}: topics cap/{overlay}/...");
         assert!(config.postgres.url.contains(overlay));
         buckets.push(config.store.bucket);
+        let oidc = config.auth.oidc.context("single sign-on configured")?;
+        audiences.push(oidc.audience);
     }
     assert_ne!(buckets[0], buckets[1], "dev and prod never share a bucket");
+    assert_ne!(
+        audiences[0], audiences[1],
+        "a dev person's token is refused by prod"
+    );
     Ok(())
 }
 

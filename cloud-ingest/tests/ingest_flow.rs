@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use capture_protocol::{ClipEventType, Verdict};
 use capture_tests::fixtures::{Garage, Mosquitto, PgDatabase, RabbitMq, wait_until};
 use cloud_ingest::config::Config;
+use common::binary::IngestBinary;
 use common::{CoreSystem, DEADLINE, Device, Ingest, Servers, clip, http_get, put};
 use serde_json::json;
 
@@ -314,8 +315,12 @@ async fn full_verification_reads_the_object_and_catches_a_lying_digest() -> Resu
 async fn the_api_lists_an_orders_clips_with_presigned_urls_that_download() -> Result<()> {
     let stack = Stack::start().await?;
     let mut core = CoreSystem::bind(&stack.rabbit).await?;
-    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    let config = stack.config(&core.exchange, "")?;
+    let mut ingest = Ingest::start(config.clone()).await?;
     ingest.wait_ready().await?;
+    let (code, _) = ingest.get_json("/v1/orders/SO-API-1/clips").await?;
+    assert_eq!(code, 401, "the API needs a token");
+    ingest.authorize(&config).await?;
     let mut device = Device::connect(&stack.broker, "pi-07").await?;
 
     // A retained station status, as an agent publishes it.
@@ -414,20 +419,11 @@ async fn the_real_binary_serves_logs_json_and_drains_on_sigterm() -> Result<()> 
         &common::client_id("ingest-bin"),
         http_port,
         "",
+        "",
     )?;
     let path = stack.secrets.path().join("ingest.toml");
     std::fs::write(&path, text)?;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-ingest"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let ready = format!("http://127.0.0.1:{http_port}/readyz");
-    wait_until("the binary ready", DEADLINE, || async {
-        Ok(http_get(&ready).await.ok().filter(|(s, _)| *s == 200))
-    })
-    .await?;
+    let mut binary = IngestBinary::start(&path, http_port, &[]).await?;
 
     let mut device = Device::connect(&stack.broker, "pi-07").await?;
     let (content, mut uploaded) = clip("SO-BINARY", 2048);
@@ -436,18 +432,9 @@ async fn the_real_binary_serves_logs_json_and_drains_on_sigterm() -> Result<()> 
     assert_eq!(device.next_confirm().await?.1.verdict, Verdict::Accepted);
     assert_eq!(core.next_event().await?.1.data.clip_id, uploaded.clip_id);
 
-    let pid = child.id().context("child pid")?;
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    assert!(killed.success());
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .context("the binary did not exit after SIGTERM")??;
+    let status = binary.terminate().await?;
     assert!(status.success(), "{status}");
-    let mut stdout = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().context("stdout")?, &mut stdout)
-        .await?;
+    let stdout = binary.log()?;
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(serde_json::from_str)

@@ -9,6 +9,7 @@ mod cameras;
 mod clip;
 mod config;
 mod record;
+mod run;
 mod snapshot;
 mod spool;
 
@@ -17,6 +18,7 @@ pub use cameras::cameras;
 pub use clip::{InspectArgs, SealArgs, inspect, seal};
 pub use config::{ValidateArgs, generate_config, validate};
 pub use record::{RecordArgs, record};
+pub use run::{RunArgs, run};
 pub use snapshot::{SnapshotArgs, snapshot};
 pub use spool::{SpoolArgs, spool};
 

@@ -233,6 +233,37 @@ pub fn in_state(
     rows.map(|row| with_state(row?)).collect()
 }
 
+/// Clips the uploader has to send (`sealed`, or `uploading` when an upload was cut short),
+/// oldest first.
+pub fn awaiting_upload(connection: &Connection, limit: usize) -> Result<Vec<ClipRow>, SpoolError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {COLUMNS} FROM clips WHERE state IN ('sealed', 'uploading')
+         ORDER BY started_at, clip_id LIMIT ?1"
+    ))?;
+    let rows = statement.query_map(params![limit as i64], from_row)?;
+    rows.map(|row| with_state(row?)).collect()
+}
+
+/// The object is complete in the store: `uploaded`, every byte sent, no error pending.
+pub fn set_uploaded(connection: &Connection, clip_id: &str) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET state = 'uploaded', bytes_sent = coalesce(size, bytes_sent),
+                          last_error = NULL, updated_at = ?2
+         WHERE clip_id = ?1",
+        params![clip_id, now_text()],
+    )?;
+    Ok(())
+}
+
+/// Back to `sealed` with nothing sent, for an upload that starts over from the first byte.
+pub fn reset_upload(connection: &Connection, clip_id: &str) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET state = 'sealed', bytes_sent = 0, updated_at = ?2 WHERE clip_id = ?1",
+        params![clip_id, now_text()],
+    )?;
+    Ok(())
+}
+
 /// Number of clips and bytes per state, for the status, the metrics and `capture-agent spool`.
 pub fn totals(connection: &Connection) -> Result<Vec<(ClipState, i64, i64)>, SpoolError> {
     let mut statement = connection.prepare(
@@ -290,6 +321,39 @@ pub fn remove(connection: &Connection, clip_id: &str) -> Result<bool, SpoolError
         "DELETE FROM clips WHERE clip_id = ?1 AND state IN ('accepted', 'aborted')",
         [clip_id],
     )? == 1)
+}
+
+/// Records when a clip really began (its first frame, pre-roll included) and how much
+/// pre-roll it holds, once the capture engine knows.
+pub fn set_start(
+    connection: &Connection,
+    clip_id: &str,
+    started_at: &str,
+    preroll_ms: i64,
+) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET started_at = ?2, preroll_ms = ?3, updated_at = ?4 WHERE clip_id = ?1",
+        params![clip_id, started_at, preroll_ms, now_text()],
+    )?;
+    Ok(())
+}
+
+/// Marks a clip failed for good, with the reason kept as its last error.
+pub fn fail(connection: &Connection, clip_id: &str, reason: &str) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET state = 'failed', last_error = ?2, updated_at = ?3 WHERE clip_id = ?1",
+        params![clip_id, reason, now_text()],
+    )?;
+    Ok(())
+}
+
+/// When the oldest clip the ingest has not accepted yet began (sealed, uploading, uploaded).
+pub fn oldest_unconfirmed(connection: &Connection) -> Result<Option<String>, SpoolError> {
+    Ok(connection.query_row(
+        "SELECT min(started_at) FROM clips WHERE state IN ('sealed', 'uploading', 'uploaded')",
+        [],
+        |row| row.get(0),
+    )?)
 }
 
 #[cfg(test)]
@@ -368,6 +432,44 @@ pub(crate) mod tests {
             (b.attempts, b.last_error.as_deref()),
             (1, Some("connection refused"))
         );
+    }
+
+    #[test]
+    fn the_upload_queue_is_sealed_and_uploading_clips_oldest_first() {
+        let (_dir, connection) = database();
+        for (id, started_at, state) in [
+            ("A", "2026-11-23T10:05:00Z", ClipState::Sealed),
+            ("B", "2026-11-23T10:00:00Z", ClipState::Uploading),
+            ("C", "2026-11-23T09:00:00Z", ClipState::Uploaded),
+            ("D", "2026-11-23T09:30:00Z", ClipState::Recording),
+            ("E", "2026-11-23T10:01:00Z", ClipState::Sealed),
+        ] {
+            let mut clip = new_clip(id);
+            clip.started_at = started_at.into();
+            clip.state = state;
+            insert(&connection, &clip).unwrap();
+        }
+        let queue: Vec<String> = awaiting_upload(&connection, 10)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.clip_id)
+            .collect();
+        assert_eq!(queue, ["B", "E", "A"]);
+        assert_eq!(awaiting_upload(&connection, 1).unwrap().len(), 1);
+
+        connection
+            .execute("UPDATE clips SET size = 500 WHERE clip_id = 'B'", [])
+            .unwrap();
+        record_failure(&connection, "B", "timed out").unwrap();
+        set_uploaded(&connection, "B").unwrap();
+        let b = get(&connection, "B").unwrap().unwrap();
+        assert_eq!(
+            (b.state, b.bytes_sent, b.last_error, b.attempts),
+            (ClipState::Uploaded, 500, None, 1)
+        );
+        reset_upload(&connection, "B").unwrap();
+        let b = get(&connection, "B").unwrap().unwrap();
+        assert_eq!((b.state, b.bytes_sent), (ClipState::Sealed, 0));
     }
 
     #[test]

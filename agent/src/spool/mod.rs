@@ -9,8 +9,8 @@
 //! - **clips** ([`clips`]): each clip or photo and its life
 //!   (`recording → sealed → uploading → uploaded → accepted`, or `failed` / `aborted`), with
 //!   size, sha256, timing and the last upload error.
-//! - **multipart** and **parts**: an upload in progress (upload id, each completed part's
-//!   ETag), so that a restarted agent sends only the missing parts.
+//! - **multipart** and **parts** ([`multipart`]): an upload in progress (upload id, each
+//!   completed part's ETag), so that a restarted agent sends only the missing parts.
 //! - **outbox** ([`outbox`]): every MQTT message still to publish (replies, events, status,
 //!   uploaded notifications), deleted only after the broker acknowledged it.
 //!
@@ -30,6 +30,7 @@
 
 pub mod clips;
 pub mod inbox;
+pub mod multipart;
 pub mod outbox;
 mod schema;
 
@@ -41,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use clips::{ClipRow, ClipState, NewClip, Sealed};
 pub use inbox::Received;
+pub use multipart::{MultipartRow, PartRow};
 pub use outbox::{OutboxMessage, Pending};
 
 /// The database's file name inside the agent's `spool_dir`.

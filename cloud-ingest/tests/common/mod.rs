@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod idp;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,17 +55,19 @@ impl Servers<'_> {
     /// The configuration of one replica (own client id and HTTP port); `extra_store` is added
     /// to the `[store]` table.
     pub fn config(&self, extra_store: &str) -> Result<Config> {
-        let text = config_text(self, &client_id("ingest"), port()?, extra_store)?;
+        let text = config_text(self, &client_id("ingest"), port()?, extra_store, "")?;
         Ok(Config::parse(&text, &[])?)
     }
 }
 
-/// The TOML configuration of one ingest replica against the given servers.
+/// The TOML configuration of one ingest replica against the given servers; `extra_store` is
+/// added to the `[store]` table, `extra_tables` (e.g. `[auth.oidc]`) at the end.
 pub fn config_text(
     servers: &Servers<'_>,
     client_id: &str,
     http_port: u16,
     extra_store: &str,
+    extra_tables: &str,
 ) -> Result<String> {
     let Servers {
         broker,
@@ -109,6 +114,8 @@ listen = "127.0.0.1:{http_port}"
 
 [shutdown]
 grace = "5s"
+
+{extra_tables}
 "#,
         host = broker.host(),
         port = broker.port(),
@@ -123,6 +130,8 @@ grace = "5s"
 /// An ingest running in this process.
 pub struct Ingest {
     pub http_port: u16,
+    /// Sent as `Authorization: Bearer` on `/v1/` requests (see [`Ingest::authorize`]).
+    token: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), cloud_ingest::RunError>>,
 }
@@ -143,6 +152,7 @@ impl Ingest {
         }));
         let ingest = Ingest {
             http_port,
+            token: None,
             stop: Some(stop),
             task,
         };
@@ -162,8 +172,34 @@ impl Ingest {
         Ok(())
     }
 
+    /// Creates a service token with every scope in the ingest's catalog and sends it with
+    /// every request from now on.
+    pub async fn authorize(&mut self, config: &Config) -> Result<()> {
+        let pool = cloud_ingest::catalog::Pool::new(
+            &config.postgres.url,
+            None,
+            1,
+            Duration::from_secs(5),
+        )?;
+        cloud_ingest::catalog::migrate(&pool).await?;
+        let spec = cloud_ingest::auth::tokens::TokenSpec {
+            name: unique_name("test-caller"),
+            scopes: cloud_ingest::auth::Scope::ALL.into_iter().collect(),
+            environments: None,
+            expires_in: Some(Duration::from_secs(3600)),
+        };
+        self.token = Some(
+            cloud_ingest::auth::tokens::create(&pool, &spec)
+                .await?
+                .token,
+        );
+        Ok(())
+    }
+
     pub async fn get(&self, path: &str) -> Result<(u16, Vec<u8>)> {
-        http_get(&format!("http://127.0.0.1:{}{path}", self.http_port)).await
+        let url = format!("http://127.0.0.1:{}{path}", self.http_port);
+        let reply = http_request(&url, self.token.as_deref()).await?;
+        Ok((reply.status, reply.body))
     }
 
     pub async fn get_json(&self, path: &str) -> Result<(u16, serde_json::Value)> {
@@ -405,15 +441,56 @@ pub async fn put(garage: &Garage, uploaded: &mut Uploaded, content: Vec<u8>) -> 
 
 /// A plain HTTP/1.1 GET (no TLS): status and body.
 pub async fn http_get(url: &str) -> Result<(u16, Vec<u8>)> {
+    let reply = http_request(url, None).await?;
+    Ok((reply.status, reply.body))
+}
+
+/// An answer of [`http_request`].
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// Header lines as received.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The value of a header (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "JSON body (status {}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// A plain HTTP/1.1 GET (no TLS), with `Authorization: Bearer <bearer>` when given.
+pub async fn http_request(url: &str, bearer: Option<&str>) -> Result<Reply> {
     let rest = url.strip_prefix("http://").context("http URL")?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
+    let authorization = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     let mut stream = tokio::net::TcpStream::connect(host).await?;
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await?;
     let mut response = Vec::new();
@@ -422,17 +499,24 @@ pub async fn http_get(url: &str) -> Result<(u16, Vec<u8>)> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .context("no end of headers")?;
-    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .context("status line")?
         .parse()?;
-    let mut body = response[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body)?;
+    let mut reply = Reply {
+        status,
+        head,
+        body: response[split + 4..].to_vec(),
+    };
+    if reply
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        reply.body = dechunk(&reply.body)?;
     }
-    Ok((status, body))
+    Ok(reply)
 }
 
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {

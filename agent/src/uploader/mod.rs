@@ -1,0 +1,655 @@
+//! The uploader: sends sealed clips and photos to the object store, resumably, and
+//! announces each finished object.
+//!
+//! # Data flow
+//!
+//! ```text
+//!  spool clips: sealed / uploading (oldest first, at most `concurrency` at once)
+//!      │
+//!      ▼  state → uploading
+//!  size ≤ part_size ─▶ PutObject (Content-MD5)            ┐
+//!  size > part_size ─▶ multipart (multipart.rs): upload   ├─ bodies streamed from the file,
+//!                      id and part ETags into the spool   ┘  paced, under a stall timeout
+//!      │
+//!      ▼  one transaction: state → uploaded, bytes_sent = size, multipart rows dropped,
+//!         outbox += `Uploaded` (cap/{env}/ingest/uploaded) + `clip_uploaded` event
+//!  outbox_ready()   (the daemon flushes the MQTT link)
+//!
+//!  confirm from the ingest ─▶ apply_confirm (confirm.rs): accepted / re-upload / failed
+//!  janitor (janitor.rs): at start and every `janitor_interval`, aborts orphaned uploads
+//! ```
+//!
+//! # Object
+//!
+//! Key `{env}/{yyyy}/{mm}/{dd}/{order}/{clip_id}.{mp4|jpg}`, content type `video/mp4` or
+//! `image/jpeg`, user metadata `sha256` (from the spool row: the file is hashed once, when it
+//! is sealed), `order`, `station`, `camera`, `clip-id` ([`object`]). The same clip always
+//! goes to the same key, so a repeated upload overwrites.
+//!
+//! # Failures
+//!
+//! Every failed attempt is counted in the clip's row (`attempts`, `last_error`, shown by
+//! `capture-agent spool`), in `capture_upload_failures_total` and in one log line with the
+//! store's error code; nothing is deleted and the clip keeps its state. The attempt is
+//! retried after a backoff ([`policy::Backoff`]: exponential, jittered, 1 s .. 5 min by
+//! default). A failure of the store as a whole (refused credentials, missing bucket,
+//! unreachable, stalled, 5xx) pauses every upload for the backoff, so that a wrong key
+//! gives one error per backoff period instead of one per clip; a failure of one object
+//! pauses only that clip. A clip that cannot be uploaded at all (its file is gone or has
+//! another size than sealed, its row is damaged) is marked `failed` with a `clip_failed`
+//! event. A retry resumes: multipart uploads continue from the parts the store holds.
+//!
+//! The uploader never deletes a local file; disk eviction of accepted clips is the
+//! daemon's.
+
+mod client;
+mod confirm;
+pub mod janitor;
+pub mod multipart;
+mod object;
+pub mod policy;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use capture_protocol::{DeviceId, Env, EventKind, StationId};
+use tokio::sync::{Notify, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+pub use client::{
+    Body, Head, ListedPart, ListedUpload, ObjectSpec, Store, StoreError, StoreErrorKind,
+    md5_of_file, md5_of_region,
+};
+pub use confirm::{ConfirmEffect, apply_confirm, is_integrity_reason};
+pub use object::{ClipObject, InvalidRow};
+pub use policy::{Backoff, Pacer};
+
+use crate::config::{Config, Problem, Secrets};
+use crate::spool::{
+    ClipRow, ClipState, Spool, SpoolError, clips, multipart as spool_multipart, outbox,
+};
+use crate::telemetry::Metrics;
+
+/// How the uploader behaves.
+#[derive(Debug, Clone)]
+pub struct UploaderSettings {
+    pub env: Env,
+    pub device: DeviceId,
+    pub station: StationId,
+    pub bucket: String,
+    /// Files larger than this go multipart, in parts of this size (raised for files that
+    /// would need more than 10,000 parts).
+    pub part_size: u64,
+    /// Clips uploaded at the same time.
+    pub concurrency: usize,
+    /// Parts of one clip in flight at the same time.
+    pub parts_in_flight: usize,
+    /// Upload bandwidth cap for all requests together, kbit/s; 0 is unlimited.
+    pub bandwidth_kbps: u64,
+    pub backoff: Backoff,
+    /// A request whose body has not moved (or that got no answer) for this long is
+    /// abandoned and retried.
+    pub stall_timeout: Duration,
+    /// How often the janitor sweeps orphaned multipart uploads (it also sweeps at start).
+    pub janitor_interval: Duration,
+    /// Multipart uploads older than this are aborted by the janitor whoever started them,
+    /// when the clock is synchronised; `None` leaves other agents' uploads alone whatever
+    /// their age.
+    pub stale_upload_age: Option<Duration>,
+    /// How often the spool is looked at without a wake-up (a safety net).
+    pub rescan_interval: Duration,
+}
+
+impl UploaderSettings {
+    /// Settings with the defaults: 8 MiB parts, 2 clips and 4 parts at once, no cap, 1 s ..
+    /// 5 min backoff, 30 s stall timeout, janitor hourly, uploads older than 7 days stale.
+    pub fn new(env: Env, device: DeviceId, station: StationId, bucket: impl Into<String>) -> Self {
+        UploaderSettings {
+            env,
+            device,
+            station,
+            bucket: bucket.into(),
+            part_size: 8 << 20,
+            concurrency: 2,
+            parts_in_flight: 4,
+            bandwidth_kbps: 0,
+            backoff: Backoff::default(),
+            stall_timeout: Duration::from_secs(30),
+            janitor_interval: Duration::from_secs(3600),
+            stale_upload_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            rescan_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// The uploader's settings from the agent's configuration (`[agent]` and `[store]`).
+    pub fn from_config(config: &Config) -> Result<UploaderSettings, Problem> {
+        fn parse<T: FromStr>(key: &str, text: &str) -> Result<T, Problem>
+        where
+            T::Err: std::fmt::Display,
+        {
+            text.parse().map_err(|e: T::Err| Problem {
+                key: key.to_owned(),
+                message: e.to_string(),
+            })
+        }
+        let store = &config.store;
+        let mut settings = UploaderSettings::new(
+            parse("agent.env", &config.agent.env)?,
+            parse("agent.device", &config.agent.device)?,
+            parse("agent.station", &config.agent.station)?,
+            store.bucket.clone(),
+        );
+        settings.part_size = store.part_size.0;
+        settings.concurrency = usize::try_from(store.concurrency).unwrap_or(1).max(1);
+        settings.bandwidth_kbps = store.bandwidth_kbps;
+        Ok(settings)
+    }
+}
+
+/// The store settings of the uploader: the configured endpoint and credentials, without
+/// the SDK's own retries (the uploader retries with its backoff).
+pub fn store_settings(config: &Config, secrets: &Secrets) -> capture_objstore::StoreSettings {
+    let mut settings = capture_objstore::StoreSettings::new(
+        &config.store.endpoint,
+        &config.store.region,
+        &secrets.access_key_id,
+        &secrets.secret_access_key,
+    )
+    .with_path_style(config.store.path_style);
+    settings.max_attempts = 1;
+    settings
+}
+
+/// Why an upload attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("{request} {key}: {source}")]
+    Store {
+        request: &'static str,
+        key: String,
+        source: StoreError,
+    },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The clip cannot be uploaded at all; retrying would not help.
+    #[error("clip {clip_id} cannot be uploaded: {problem}")]
+    Unusable { clip_id: String, problem: String },
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl UploadError {
+    /// The store's error, if the store answered or failed to.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            UploadError::Store { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What every clip upload shares.
+#[derive(Debug)]
+pub(crate) struct Context {
+    settings: UploaderSettings,
+    store: Store,
+    spool: Spool,
+    metrics: Arc<Metrics>,
+}
+
+/// The running uploader; see the module documentation.
+#[derive(Debug)]
+pub struct Uploader;
+
+/// Handle to the uploader task.
+#[derive(Debug)]
+pub struct UploaderHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Uploader {
+    /// Spawns the uploader. `wake` is notified (`notify_one`) by the daemon when a clip was
+    /// sealed or a confirm re-queued one; `outbox_ready` is called after the uploader
+    /// committed outbox rows (the daemon passes the MQTT link's flush).
+    pub fn start(
+        settings: UploaderSettings,
+        client: capture_objstore::Client,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+        outbox_ready: Arc<dyn Fn() + Send + Sync>,
+    ) -> UploaderHandle {
+        let store = Store::new(
+            client,
+            settings.bucket.clone(),
+            settings.stall_timeout,
+            settings.bandwidth_kbps,
+        );
+        let (stop, stopped) = watch::channel(false);
+        let scheduler = Scheduler {
+            context: Arc::new(Context {
+                settings,
+                store,
+                spool,
+                metrics,
+            }),
+            wake,
+            outbox_ready,
+            stopped,
+            running: JoinSet::new(),
+            in_flight: HashSet::new(),
+            clip_waits: HashMap::new(),
+            store_wait: None,
+        };
+        UploaderHandle {
+            stop,
+            task: tokio::spawn(scheduler.run()),
+        }
+    }
+}
+
+impl UploaderHandle {
+    /// Stops the uploader: requests in flight are dropped (a part in flight is sent again by
+    /// the next run; every acknowledged part is already in the spool). Returns when the task
+    /// has ended.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Ends the uploader at once, as a crash would (for tests of resumption).
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Consecutive failures and when the next attempt may start.
+#[derive(Debug, Clone, Copy)]
+struct Wait {
+    failures: u32,
+    until: Instant,
+    /// When the failure that set this wait was recorded.
+    since: Instant,
+}
+
+/// The task that owns the uploads: picks clips, runs them, schedules retries.
+struct Scheduler {
+    context: Arc<Context>,
+    wake: Arc<Notify>,
+    outbox_ready: Arc<dyn Fn() + Send + Sync>,
+    stopped: watch::Receiver<bool>,
+    running: JoinSet<(String, Instant, Result<(), UploadError>)>,
+    in_flight: HashSet<String>,
+    /// Clips waiting after a failure of their own.
+    clip_waits: HashMap<String, Wait>,
+    /// Every upload waits after a failure of the store as a whole.
+    store_wait: Option<Wait>,
+}
+
+impl Scheduler {
+    async fn run(mut self) {
+        let mut janitor = JoinSet::new();
+        janitor.spawn(run_janitor(self.context.clone()));
+        loop {
+            self.start_uploads().await;
+            let woken = self.wake.notified();
+            let next = self.next_deadline();
+            tokio::select! {
+                _ = self.stopped.changed() => break,
+                () = woken => {}
+                Some(joined) = self.running.join_next() => match joined {
+                    Ok((clip_id, started, result)) => self.finished(clip_id, started, result).await,
+                    Err(e) => tracing::error!(error = %e, "an upload task ended abnormally"),
+                },
+                () = tokio::time::sleep_until(next) => {}
+            }
+        }
+        self.running.shutdown().await;
+        janitor.shutdown().await;
+        tracing::info!("uploader stopped");
+    }
+
+    /// The next moment something may become due: a wait ending, or the periodic rescan.
+    fn next_deadline(&self) -> Instant {
+        let rescan = Instant::now() + self.context.settings.rescan_interval;
+        self.store_wait
+            .iter()
+            .chain(self.clip_waits.values())
+            .map(|w| w.until)
+            .filter(|until| *until > Instant::now())
+            .fold(rescan, Instant::min)
+    }
+
+    /// Starts uploads of the oldest clips waiting, up to `concurrency`.
+    async fn start_uploads(&mut self) {
+        let now = Instant::now();
+        if self.store_wait.is_some_and(|w| w.until > now) {
+            return;
+        }
+        let concurrency = self.context.settings.concurrency.max(1);
+        if self.in_flight.len() >= concurrency {
+            return;
+        }
+        let limit = concurrency + self.in_flight.len() + self.clip_waits.len();
+        let candidates = match self
+            .context
+            .spool
+            .call(move |c| clips::awaiting_upload(c, limit))
+            .await
+        {
+            Ok(candidates) => candidates,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the upload queue from the spool");
+                return;
+            }
+        };
+        for clip in candidates {
+            if self.in_flight.len() >= concurrency {
+                break;
+            }
+            if self.in_flight.contains(&clip.clip_id)
+                || self
+                    .clip_waits
+                    .get(&clip.clip_id)
+                    .is_some_and(|w| w.until > now)
+            {
+                continue;
+            }
+            let retry = self.clip_waits.contains_key(&clip.clip_id) || self.store_wait.is_some();
+            if retry {
+                Metrics::add(&self.context.metrics.upload_retries, 1);
+            }
+            self.in_flight.insert(clip.clip_id.clone());
+            let context = self.context.clone();
+            let outbox_ready = self.outbox_ready.clone();
+            self.running.spawn(async move {
+                let clip_id = clip.clip_id.clone();
+                let started = Instant::now();
+                let result = upload_clip(&context, clip, outbox_ready.as_ref()).await;
+                (clip_id, started, result)
+            });
+        }
+    }
+
+    /// Books the end of one upload attempt.
+    async fn finished(
+        &mut self,
+        clip_id: String,
+        started: Instant,
+        result: Result<(), UploadError>,
+    ) {
+        self.in_flight.remove(&clip_id);
+        let error = match result {
+            Ok(()) => {
+                self.clip_waits.remove(&clip_id);
+                self.store_wait = None;
+                return;
+            }
+            Err(error) => error,
+        };
+        let metrics = &self.context.metrics;
+        Metrics::add(&metrics.upload_failures, 1);
+        if let UploadError::Unusable { problem, .. } = &error {
+            tracing::error!(clip_id, error = %error, "upload impossible: the clip is failed");
+            // Should recording the failure fail, the clip is not retried at once.
+            let failures = self.clip_waits.get(&clip_id).map_or(1, |w| w.failures + 1);
+            let now = Instant::now();
+            self.clip_waits.insert(
+                clip_id.clone(),
+                Wait {
+                    failures,
+                    until: now + self.context.settings.backoff.random_delay(failures),
+                    since: now,
+                },
+            );
+            let (id, problem) = (clip_id.clone(), problem.clone());
+            let settings = self.context.settings.clone();
+            let failed = self
+                .context
+                .spool
+                .call(move |c| fail_clip(c, &settings, &id, &problem))
+                .await;
+            match failed {
+                Ok(()) => (self.outbox_ready)(),
+                Err(e) => tracing::error!(clip_id, error = %e, "recording the failed clip"),
+            }
+            return;
+        }
+
+        let text = error.to_string();
+        let (id, recorded) = (clip_id.clone(), text.clone());
+        if let Err(e) = self
+            .context
+            .spool
+            .call(move |c| clips::record_failure(c, &id, &recorded))
+            .await
+        {
+            tracing::error!(clip_id, error = %e, "recording the upload failure");
+        }
+        let backoff = self.context.settings.backoff;
+        let now = Instant::now();
+        let store_error = error.store_error();
+        let store_wide = store_error.is_some_and(StoreError::is_store_wide);
+        let wait = if store_wide {
+            match self.store_wait {
+                // Already running when the store's last failure was booked: not a new one.
+                Some(wait) if started < wait.since => wait,
+                previous => {
+                    let failures = previous.map_or(1, |w| w.failures + 1);
+                    let wait = Wait {
+                        failures,
+                        until: now + backoff.random_delay(failures),
+                        since: now,
+                    };
+                    self.store_wait = Some(wait);
+                    wait
+                }
+            }
+        } else {
+            let failures = self.clip_waits.get(&clip_id).map_or(1, |w| w.failures + 1);
+            let wait = Wait {
+                failures,
+                until: now + backoff.random_delay(failures),
+                since: now,
+            };
+            self.clip_waits.insert(clip_id.clone(), wait);
+            wait
+        };
+        let retry_in = wait.until.saturating_duration_since(now);
+        let code = store_error.map_or("local", StoreError::code);
+        if store_error.is_some_and(|e| {
+            matches!(
+                e.kind,
+                StoreErrorKind::Credentials | StoreErrorKind::NoSuchBucket
+            )
+        }) {
+            tracing::error!(clip_id, code, failures = wait.failures, retry_in = ?retry_in, error = %text, "upload refused by the store; retrying after backoff");
+        } else {
+            tracing::warn!(clip_id, code, failures = wait.failures, retry_in = ?retry_in, error = %text, "upload attempt failed; retrying after backoff");
+        }
+    }
+}
+
+/// Sweeps at start and then every `janitor_interval`; a failed sweep is logged and tried
+/// again at the next interval.
+async fn run_janitor(context: Arc<Context>) {
+    loop {
+        let settings = &context.settings;
+        let clock_synced = context.metrics.clock_synced.load(Ordering::Relaxed);
+        match janitor::sweep(
+            &context.store,
+            &context.spool,
+            &settings.env,
+            settings.stale_upload_age,
+            clock_synced,
+        )
+        .await
+        {
+            Ok(sweep) => tracing::debug!(
+                listed = sweep.listed,
+                aborted = sweep.aborted.len(),
+                "janitor swept multipart uploads"
+            ),
+            Err(e) => tracing::warn!(error = %e, "janitor could not sweep multipart uploads"),
+        }
+        tokio::time::sleep(settings.janitor_interval).await;
+    }
+}
+
+/// One attempt at one clip: upload the object, then commit `uploaded` with its
+/// notification and event, and call `outbox_ready`.
+#[tracing::instrument(level = "debug", skip_all, fields(clip_id = %clip.clip_id))]
+async fn upload_clip(
+    context: &Context,
+    clip: ClipRow,
+    outbox_ready: &(dyn Fn() + Send + Sync),
+) -> Result<(), UploadError> {
+    let settings = &context.settings;
+    let unusable = |problem: String| UploadError::Unusable {
+        clip_id: clip.clip_id.clone(),
+        problem,
+    };
+    let object = ClipObject::of(&clip, &settings.env).map_err(|e| unusable(e.to_string()))?;
+    let origin = object::Origin {
+        env: &settings.env,
+        device: &settings.device,
+        station: &settings.station,
+        bucket: &settings.bucket,
+    };
+    let notification =
+        object::uploaded(&clip, &object, &origin).map_err(|e| unusable(e.to_string()))?;
+    let path = Path::new(&clip.path);
+    match tokio::fs::metadata(path).await {
+        Ok(file) if file.len() == object.size => {}
+        Ok(file) => {
+            return Err(unusable(format!(
+                "{} has {} bytes, {} when it was sealed",
+                path.display(),
+                file.len(),
+                object.size
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(unusable(format!("{} does not exist", path.display())));
+        }
+        Err(source) => {
+            return Err(UploadError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    if clip.state == ClipState::Sealed {
+        let id = clip.clip_id.clone();
+        context
+            .spool
+            .call(move |c| clips::set_state(c, &id, ClipState::Uploading))
+            .await?;
+    }
+
+    let spec = object.spec(&settings.station);
+    let id = clip.clip_id.clone();
+    let resuming = context
+        .spool
+        .call(move |c| spool_multipart::get(c, &id))
+        .await?
+        .is_some();
+    if resuming || object.size > settings.part_size {
+        multipart::upload(context, &clip.clip_id, path, object.size, &spec).await?;
+    } else {
+        let md5 = md5_of_region(path, 0, object.size)
+            .await
+            .map_err(|source| UploadError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        let body = Body {
+            path: path.to_owned(),
+            offset: 0,
+            length: object.size,
+            md5,
+        };
+        context
+            .store
+            .put_object(&spec, &body)
+            .await
+            .map_err(|source| UploadError::Store {
+                request: "PutObject",
+                key: spec.key.clone(),
+                source,
+            })?;
+        Metrics::add(&context.metrics.upload_bytes, object.size);
+    }
+
+    let messages = [
+        object::uploaded_message(&settings.env, &notification),
+        object.event(
+            &settings.env,
+            &settings.station,
+            EventKind::ClipUploaded {
+                truncated: clip.truncated,
+            },
+        ),
+    ];
+    let id = clip.clip_id.clone();
+    let committed = context
+        .spool
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let current = clips::get(&tx, &id)?.map(|clip| clip.state);
+            if current != Some(ClipState::Uploading) {
+                return Ok(false);
+            }
+            clips::set_uploaded(&tx, &id)?;
+            spool_multipart::forget(&tx, &id)?;
+            for message in &messages {
+                outbox::push(&tx, message)?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .await?;
+    if committed {
+        Metrics::add(&context.metrics.uploads, 1);
+        tracing::info!(clip_id = %clip.clip_id, key = %object.key, size = object.size, "clip uploaded");
+        outbox_ready();
+    } else {
+        tracing::warn!(clip_id = %clip.clip_id, "clip changed state during its upload; not announced");
+    }
+    Ok(())
+}
+
+/// Marks a clip that cannot be uploaded `failed`, with a `clip_failed` event.
+fn fail_clip(
+    connection: &mut rusqlite::Connection,
+    settings: &UploaderSettings,
+    clip_id: &str,
+    problem: &str,
+) -> Result<(), SpoolError> {
+    let tx = connection.transaction()?;
+    let Some(clip) = clips::get(&tx, clip_id)? else {
+        return Ok(());
+    };
+    clips::set_state(&tx, clip_id, ClipState::Failed)?;
+    clips::record_failure(&tx, clip_id, problem)?;
+    spool_multipart::forget(&tx, clip_id)?;
+    let failed = EventKind::ClipFailed {
+        reason: problem.to_owned(),
+    };
+    // A row too damaged to name its clip in an event is still failed, without the event.
+    if let Ok(event) = confirm::event(&clip, settings, failed) {
+        outbox::push(&tx, &event)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
