@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use capture_tests::fixtures::{Garage, Mosquitto, ServerProcess, Sshd, free_port};
+use capture_tests::fixtures::{Agent, Garage, Mosquitto, ServerProcess, Sshd, free_port};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -31,26 +31,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("the tests crate lives in the workspace")
         .to_owned()
-}
-
-/// The `capture-agent` binary of this workspace: `$CAPTURE_AGENT_BIN`, or the one cargo
-/// built beside this test (`cargo test --workspace` builds it).
-fn agent_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("CAPTURE_AGENT_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no profile directory")?;
-    let binary = profile_dir.join("capture-agent");
-    ensure!(
-        binary.is_file(),
-        "{} is missing: build it with `cargo build -p capture-agent` (cargo test --workspace does)",
-        binary.display()
-    );
-    Ok(binary)
 }
 
 /// The inputs of one provisioning run, written into a directory of the test's own.
@@ -237,6 +217,9 @@ fn summary_row<'a>(output: &'a str, host: &str) -> Result<&'a str> {
 
 /// A real MQTT client with the generated credentials, whose event loop runs on its own task;
 /// publishes, SUBACKs and PUBACKs arrive on one channel in the order the broker sent them.
+/// Unlike the fixtures' `MqttClient`, it reports a refused CONNECT, returns SUBACK codes and
+/// waits for each PUBACK, which the ACL checks need: a denied publish is acknowledged and
+/// dropped, so ordering against an authorized marker is the only way to see it.
 struct Client {
     client: AsyncClient,
     events: mpsc::UnboundedReceiver<Packet>,
@@ -618,7 +601,7 @@ async fn build_package(out: &Path) -> Result<PathBuf> {
         .arg("--arch")
         .arg(host_arch()?)
         .arg("--binary")
-        .arg(agent_binary()?)
+        .arg(Agent::binary()?)
         .arg("--out")
         .arg(out)
         .arg("--fast")
