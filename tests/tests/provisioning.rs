@@ -863,3 +863,62 @@ async fn provisioning_brings_a_pi_online_reports_an_unreachable_one_and_a_second
     broker.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn bad_inputs_are_listed_with_their_line_or_key_and_nothing_is_changed() -> Result<()> {
+    let fleet = FleetFiles::new()?;
+    let settings = FleetSettings {
+        mqtt_port: 1883,
+        reload_pid: None,
+        store_endpoint: "http://127.0.0.1:9".into(),
+        store_bucket: "factory-media".into(),
+        access_key_id: "GK0000".into(),
+        secret_access_key: "not-a-real-secret".into(),
+        package: None,
+        ssh: None,
+        metrics_port: 9464,
+        online_timeout: "10s",
+    };
+    fleet.write_fleet(&settings)?;
+    fleet.write_inventory(&[
+        ["127.0.0.1:9", "pi-01", "pack-01", "dev", "top=test"],
+        ["127.0.0.2:9", "Pi_02", "pack-02", "dev", "top=test"],
+        ["127.0.0.3:9", "pi-01", "pack-03", "dev", "top=test"],
+        ["127.0.0.4:9", "pi-04", "pack-01", "dev", "top=test"],
+        ["127.0.0.5:9", "pi-05", "pack-05", "staging", "top=test"],
+        ["127.0.0.6:9", "pi-06", "pack-06", "dev", "top"],
+    ])?;
+    let (code, output) = fleet.provision(&["--dry-run"]).await?;
+    assert_eq!(code, 65, "{output}");
+    for expected in [
+        "line 4: device 'Pi_02' must match",
+        "line 5: device pi-01 is already on line 3",
+        "line 6: station pack-01 is already on line 3",
+        "line 7: env 'staging' has no [env.staging]",
+        "line 8: camera 'top': write name=source",
+    ] {
+        assert!(
+            output.contains(expected),
+            "missing {expected:?} in:\n{output}"
+        );
+    }
+
+    // A secret readable by others is refused before anything happens.
+    std::fs::set_permissions(
+        fleet.path("secrets/secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    fleet.write_inventory(&[["127.0.0.1:9", "pi-01", "pack-01", "dev", "top=test"]])?;
+    let (code, output) = fleet.provision(&[]).await?;
+    assert_eq!(code, 78, "{output}");
+    assert!(
+        output.contains("env.dev.store.secret_access_key_file") && output.contains("chmod 600"),
+        "{output}"
+    );
+    assert!(
+        !fleet.path("state").exists(),
+        "credentials were generated anyway"
+    );
+    assert_eq!(std::fs::read_to_string(fleet.path("acl"))?, "");
+    Ok(())
+}
