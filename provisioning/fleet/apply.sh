@@ -14,8 +14,9 @@ CONFIG_DIR=/etc/capture-agent
 
 if [ "$INSTALL" = 1 ]; then
   chmod 0755 "$d/pkg"
+  # Waits for a running apt (unattended-upgrades) instead of failing on its lock.
   if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    --allow-downgrades "$d/pkg/$PACKAGE_FILE" >"$d/apt.log" 2>&1; then
+    --allow-downgrades -o DPkg::Lock::Timeout=300 "$d/pkg/$PACKAGE_FILE" >"$d/apt.log" 2>&1; then
     tail -n 20 "$d/apt.log" >&2
     echo "error=apt-get install of $PACKAGE_VERSION failed"
     exit 10
