@@ -116,10 +116,6 @@ class Device:
     env: str
     cameras: list[tuple[str, str]] = field(default_factory=list)
 
-    @property
-    def label(self):
-        return self.host
-
 
 def parse_duration(text):
     """`30s`, `2m`, `1h` or a number of seconds, to whole seconds."""
