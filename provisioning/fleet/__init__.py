@@ -1,0 +1,1 @@
+"""Fleet provisioning for capture-agent Pis: see provisioning/README.md."""
