@@ -266,7 +266,8 @@ impl UploaderHandle {
         let _ = self.task.await;
     }
 
-    /// Ends the uploader at once, as a crash would (for tests of resumption).
+    /// Ends the uploader at once, as a crash would (for tests of resumption). (Dropping the
+    /// handle without either stops the uploader as `shutdown` does, without waiting.)
     pub async fn abort(self) {
         self.task.abort();
         let _ = self.task.await;
@@ -652,4 +653,47 @@ fn fail_clip(
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_CONFIG;
+
+    #[test]
+    fn settings_come_from_the_config_and_the_store_gets_one_attempt_per_request() {
+        let mut config = Config::parse(DEFAULT_CONFIG).unwrap();
+        config.store.part_size = crate::config::ByteSize(16 << 20);
+        config.store.concurrency = 3;
+        config.store.bandwidth_kbps = 2000;
+        let settings = UploaderSettings::from_config(&config).unwrap();
+        assert_eq!(
+            (settings.env.as_str(), settings.device.as_str()),
+            ("dev", "pi-01")
+        );
+        assert_eq!(settings.station.as_str(), "pack-01");
+        assert_eq!(settings.bucket, "factory-media");
+        assert_eq!(
+            (
+                settings.part_size,
+                settings.concurrency,
+                settings.bandwidth_kbps
+            ),
+            (16 << 20, 3, 2000)
+        );
+        assert_eq!(settings.backoff.max, Duration::from_secs(300));
+
+        let secrets = Secrets {
+            mqtt_password: None,
+            access_key_id: "GK1".into(),
+            secret_access_key: "s3cr3t-value".into(),
+        };
+        let store = store_settings(&config, &secrets);
+        assert_eq!(store.max_attempts, 1);
+        assert!(!store.path_style, "OBS is addressed virtual-hosted style");
+        assert!(!format!("{store:?}").contains("s3cr3t-value"));
+        let client = capture_objstore::client(&store);
+        let uploader_store = Store::new(client, "b".into(), Duration::from_secs(1), 0);
+        assert!(!format!("{uploader_store:?}").contains("s3cr3t-value"));
+    }
 }
