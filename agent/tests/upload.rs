@@ -393,9 +393,17 @@ async fn agent_killed_mid_upload_resumes_without_resending_parts() -> Result<()>
     // Slow enough (40 Mbit/s) that the upload is surely cut in the middle.
     let mut slow = station.settings();
     slow.bandwidth_kbps = 40_000;
+    let started = std::time::Instant::now();
     let (first, first_metrics) = station.uploader(slow);
     station.wait_for_parts(&clip.clip_id, 3).await?;
     first.abort().await;
+    // The cap holds against the real store: 3 parts (25.2 MB, less a burst of 2.5 MB) take
+    // at least 4.5 s at 5 MB/s.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(4),
+        "3 parts in {elapsed:?} under the cap"
+    );
     let sent_before = first_metrics.upload_bytes.load(Ordering::Relaxed);
 
     let id = clip.clip_id.clone();
@@ -538,6 +546,7 @@ async fn wrong_credentials_are_reported_and_nothing_is_lost_until_the_key_is_fix
     })
     .await?;
     let error = failed.last_error.clone().context("no last_error")?;
+    eprintln!("last_error with a wrong secret: {error}");
     assert!(error.contains("HTTP 403"), "{error}");
     assert!(error.contains("store.secret_access_key_file"), "{error}");
     assert!(
