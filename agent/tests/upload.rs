@@ -530,6 +530,74 @@ async fn an_upload_survives_the_store_going_away_for_a_while() -> Result<()> {
     Ok(())
 }
 
+/// Sends SIGSTOP or SIGCONT to the Garage server of `garage` (found by its config file in
+/// /proc), freezing it as a hung store would: connections are accepted by the kernel, nothing
+/// is answered.
+fn signal_garage(garage: &Garage, signal: &str) -> Result<()> {
+    let config = garage.dir().join("garage.toml").display().to_string();
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.contains(&config) && args.iter().any(|a| a == "server") {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            let status = std::process::Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(&pid)
+                .status()?;
+            anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+            found = true;
+        }
+    }
+    anyhow::ensure!(found, "no garage server process with {config}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hung_store_is_abandoned_after_the_stall_timeout_and_the_upload_resumes() -> Result<()> {
+    let station = Station::start().await?;
+    let clip = station.sealed_clip("video", 40 * MIB, None).await?;
+    let mut settings = station.settings();
+    settings.bandwidth_kbps = 40_000;
+    settings.stall_timeout = Duration::from_secs(3);
+    let (uploader, metrics) = station.uploader(settings);
+    station.wait_for_parts(&clip.clip_id, 1).await?;
+
+    signal_garage(&station.garage, "STOP")?;
+    let stalled = wait_until("a stalled request recorded", DEADLINE, || async {
+        let row = station.clip(&clip.clip_id).await?;
+        Ok(row
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("Stalled"))
+            .then_some(row))
+    })
+    .await;
+    // Whatever happened, the store must run again before the test ends.
+    signal_garage(&station.garage, "CONT")?;
+    let stalled = stalled?;
+    let error = stalled.last_error.unwrap_or_default();
+    assert!(error.contains("no progress for 3s"), "{error}");
+    assert_eq!(stalled.state, ClipState::Uploading);
+
+    station
+        .wait_for_state(&clip.clip_id, ClipState::Uploaded)
+        .await?;
+    assert!(metrics.upload_failures.load(Ordering::Relaxed) >= 1);
+    assert_eq!(
+        station.object_sha256(&key_of(&clip)).await?,
+        clip.sha256.clone().context("sha256")?
+    );
+    uploader.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn wrong_credentials_are_reported_and_nothing_is_lost_until_the_key_is_fixed() -> Result<()> {
     let station = Station::start().await?;
@@ -748,8 +816,24 @@ async fn the_janitor_aborts_orphans_and_leaves_the_spools_own_upload_alone() -> 
     assert_eq!(sweep.aborted, [(key.clone(), orphan)]);
     let mut left = station.multipart_uploads().await?;
     left.sort();
-    let mut expected = vec![(key, own), (foreign_key, foreign)];
+    let mut expected = vec![(key.clone(), own), (foreign_key.clone(), foreign.clone())];
     expected.sort();
     assert_eq!(left, expected);
+
+    // The uploader sweeps when it starts: a new orphan goes, the clip's own upload is
+    // resumed and completed, the other station's upload stays.
+    let second_orphan = create(key.clone()).await?;
+    let (uploader, _) = station.uploader(station.settings());
+    station
+        .wait_for_state(&clip.clip_id, ClipState::Uploaded)
+        .await?;
+    let left = wait_until("only the other station's upload left", DEADLINE, || async {
+        let left = station.multipart_uploads().await?;
+        Ok((left.len() == 1).then_some(left))
+    })
+    .await?;
+    assert_eq!(left, [(foreign_key, foreign)]);
+    assert!(!left.iter().any(|(_, id)| *id == second_orphan));
+    uploader.shutdown().await;
     Ok(())
 }
