@@ -641,8 +641,7 @@ fn fail_clip(
     let Some(clip) = clips::get(&tx, clip_id)? else {
         return Ok(());
     };
-    clips::set_state(&tx, clip_id, ClipState::Failed)?;
-    clips::record_failure(&tx, clip_id, problem)?;
+    clips::fail(&tx, clip_id, problem)?;
     spool_multipart::forget(&tx, clip_id)?;
     let failed = EventKind::ClipFailed {
         reason: problem.to_owned(),
