@@ -621,10 +621,11 @@ async fn wrong_credentials_are_reported_and_nothing_is_lost_until_the_key_is_fix
         !error.contains(&wrong.secret_access_key),
         "the secret is never shown"
     );
-    assert!(matches!(
+    assert_eq!(
         failed.state,
-        ClipState::Sealed | ClipState::Uploading
-    ));
+        ClipState::Sealed,
+        "the state does not advance"
+    );
     assert!(metrics.upload_failures.load(Ordering::Relaxed) >= 2);
     assert_eq!(metrics.uploads.load(Ordering::Relaxed), 0);
     assert!(station.outbox().await?.is_empty(), "nothing is announced");

@@ -6,10 +6,11 @@
 //! ```text
 //!  spool clips: sealed / uploading (oldest first, at most `concurrency` at once)
 //!      │
-//!      ▼  state → uploading
+//!      ▼
 //!  size ≤ part_size ─▶ PutObject (Content-MD5)            ┐
 //!  size > part_size ─▶ multipart (multipart.rs): upload   ├─ bodies streamed from the file,
-//!                      id and part ETags into the spool   ┘  paced, under a stall timeout
+//!                      id (state → uploading) and part    │  paced, under a stall timeout
+//!                      ETags into the spool               ┘
 //!      │
 //!      ▼  one transaction: state → uploaded, bytes_sent = size, multipart rows dropped,
 //!         outbox += `Uploaded` (cap/{env}/ingest/uploaded) + `clip_uploaded` event
@@ -550,14 +551,6 @@ async fn upload_clip(
             });
         }
     }
-    if clip.state == ClipState::Sealed {
-        let id = clip.clip_id.clone();
-        context
-            .spool
-            .call(move |c| clips::set_state(c, &id, ClipState::Uploading))
-            .await?;
-    }
-
     let spec = object.spec(&settings.station);
     let id = clip.clip_id.clone();
     let resuming = context
@@ -607,8 +600,9 @@ async fn upload_clip(
         .spool
         .call(move |c| {
             let tx = c.transaction()?;
+            // A single PUT goes from `sealed` straight to `uploaded`.
             let current = clips::get(&tx, &id)?.map(|clip| clip.state);
-            if current != Some(ClipState::Uploading) {
+            if !matches!(current, Some(ClipState::Sealed | ClipState::Uploading)) {
                 return Ok(false);
             }
             clips::set_uploaded(&tx, &id)?;
