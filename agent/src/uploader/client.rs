@@ -438,7 +438,7 @@ impl Body {
 }
 
 /// The uploader's view of the store: one bucket, the stall timeout, the bandwidth cap.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     client: capture_objstore::Client,
     bucket: String,
@@ -450,6 +450,17 @@ pub struct Store {
     /// the janitor while it sweeps: the janitor never sees an upload of this agent that the
     /// spool does not know yet.
     creating: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl fmt::Debug for Store {
+    /// Without the client, whose configuration holds the credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("bucket", &self.bucket)
+            .field("stall_timeout", &self.stall_timeout)
+            .field("paced", &self.pacer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {

@@ -91,8 +91,7 @@ pub fn apply_confirm(
             }
         }
         Verdict::Rejected { reason } => {
-            clips::set_state(&tx, clip_id, ClipState::Failed)?;
-            clips::record_failure(&tx, clip_id, &format!("rejected by the ingest: {reason}"))?;
+            clips::fail(&tx, clip_id, &format!("rejected by the ingest: {reason}"))?;
             let failed = EventKind::ClipFailed {
                 reason: reason.clone(),
             };

@@ -6,10 +6,11 @@
 //! ```text
 //!  spool clips: sealed / uploading (oldest first, at most `concurrency` at once)
 //!      │
-//!      ▼  state → uploading
+//!      ▼
 //!  size ≤ part_size ─▶ PutObject (Content-MD5)            ┐
 //!  size > part_size ─▶ multipart (multipart.rs): upload   ├─ bodies streamed from the file,
-//!                      id and part ETags into the spool   ┘  paced, under a stall timeout
+//!                      id (state → uploading) and part    │  paced, under a stall timeout
+//!                      ETags into the spool               ┘
 //!      │
 //!      ▼  one transaction: state → uploaded, bytes_sent = size, multipart rows dropped,
 //!         outbox += `Uploaded` (cap/{env}/ingest/uploaded) + `clip_uploaded` event
@@ -266,7 +267,8 @@ impl UploaderHandle {
         let _ = self.task.await;
     }
 
-    /// Ends the uploader at once, as a crash would (for tests of resumption).
+    /// Ends the uploader at once, as a crash would (for tests of resumption). (Dropping the
+    /// handle without either stops the uploader as `shutdown` does, without waiting.)
     pub async fn abort(self) {
         self.task.abort();
         let _ = self.task.await;
@@ -549,14 +551,6 @@ async fn upload_clip(
             });
         }
     }
-    if clip.state == ClipState::Sealed {
-        let id = clip.clip_id.clone();
-        context
-            .spool
-            .call(move |c| clips::set_state(c, &id, ClipState::Uploading))
-            .await?;
-    }
-
     let spec = object.spec(&settings.station);
     let id = clip.clip_id.clone();
     let resuming = context
@@ -606,8 +600,9 @@ async fn upload_clip(
         .spool
         .call(move |c| {
             let tx = c.transaction()?;
+            // A single PUT goes from `sealed` straight to `uploaded`.
             let current = clips::get(&tx, &id)?.map(|clip| clip.state);
-            if current != Some(ClipState::Uploading) {
+            if !matches!(current, Some(ClipState::Sealed | ClipState::Uploading)) {
                 return Ok(false);
             }
             clips::set_uploaded(&tx, &id)?;
@@ -640,8 +635,7 @@ fn fail_clip(
     let Some(clip) = clips::get(&tx, clip_id)? else {
         return Ok(());
     };
-    clips::set_state(&tx, clip_id, ClipState::Failed)?;
-    clips::record_failure(&tx, clip_id, problem)?;
+    clips::fail(&tx, clip_id, problem)?;
     spool_multipart::forget(&tx, clip_id)?;
     let failed = EventKind::ClipFailed {
         reason: problem.to_owned(),
@@ -652,4 +646,47 @@ fn fail_clip(
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_CONFIG;
+
+    #[test]
+    fn settings_come_from_the_config_and_the_store_gets_one_attempt_per_request() {
+        let mut config = Config::parse(DEFAULT_CONFIG).unwrap();
+        config.store.part_size = crate::config::ByteSize(16 << 20);
+        config.store.concurrency = 3;
+        config.store.bandwidth_kbps = 2000;
+        let settings = UploaderSettings::from_config(&config).unwrap();
+        assert_eq!(
+            (settings.env.as_str(), settings.device.as_str()),
+            ("dev", "pi-01")
+        );
+        assert_eq!(settings.station.as_str(), "pack-01");
+        assert_eq!(settings.bucket, "factory-media");
+        assert_eq!(
+            (
+                settings.part_size,
+                settings.concurrency,
+                settings.bandwidth_kbps
+            ),
+            (16 << 20, 3, 2000)
+        );
+        assert_eq!(settings.backoff.max, Duration::from_secs(300));
+
+        let secrets = Secrets {
+            mqtt_password: None,
+            access_key_id: "GK1".into(),
+            secret_access_key: "s3cr3t-value".into(),
+        };
+        let store = store_settings(&config, &secrets);
+        assert_eq!(store.max_attempts, 1);
+        assert!(!store.path_style, "OBS is addressed virtual-hosted style");
+        assert!(!format!("{store:?}").contains("s3cr3t-value"));
+        let client = capture_objstore::client(&store);
+        let uploader_store = Store::new(client, "b".into(), Duration::from_secs(1), 0);
+        assert!(!format!("{uploader_store:?}").contains("s3cr3t-value"));
+    }
 }

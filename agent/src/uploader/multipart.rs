@@ -1,7 +1,8 @@
 //! Multipart upload of one clip, resumable across crashes.
 //!
 //! ```text
-//! spool has an upload id? ──no──▶ CreateMultipartUpload ─▶ spool: multipart row
+//! spool has an upload id? ──no──▶ CreateMultipartUpload ─▶ spool: multipart row, clip
+//!                                                            `uploading` (one transaction)
 //!        │yes                                                   │
 //!        ▼                                                      ▼
 //!   ListParts ──NoSuchUpload──▶ object already complete? ──yes──▶ done
@@ -27,7 +28,7 @@ use md5::{Digest as _, Md5};
 
 use super::client::{Body, ListedPart, ObjectSpec, StoreErrorKind, md5_of_region};
 use super::{Context, UploadError};
-use crate::spool::{PartRow, multipart};
+use crate::spool::{ClipState, PartRow, multipart};
 use crate::telemetry::Metrics;
 
 /// The most parts one object may have (S3 and OBS).
@@ -244,7 +245,14 @@ pub(super) async fn upload(
                 );
                 context
                     .spool
-                    .call(move |c| multipart::begin(c, &id, &recorded, part_size))
+                    .call(move |c| {
+                        // From here on the store holds part of the clip: `uploading`.
+                        let tx = c.transaction()?;
+                        multipart::begin(&tx, &id, &recorded, part_size)?;
+                        crate::spool::clips::set_state(&tx, &id, ClipState::Uploading)?;
+                        tx.commit()?;
+                        Ok(())
+                    })
                     .await?;
                 upload_id
             };
