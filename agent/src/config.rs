@@ -91,6 +91,10 @@ pub struct StoreSection {
     pub concurrency: u32,
     #[serde(default)]
     pub bandwidth_kbps: u64,
+    /// The longest wait between two upload attempts after failures (the backoff doubles
+    /// from 1 s up to this).
+    #[serde(default = "default_retry_max", with = "human_duration")]
+    pub retry_max: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +142,10 @@ fn default_keep_alive() -> Duration {
 fn default_part_size() -> ByteSize {
     ByteSize(8 << 20)
 }
+fn default_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
+
 fn default_concurrency() -> u32 {
     2
 }
@@ -299,6 +307,9 @@ impl Config {
         }
         if !(1..=16).contains(&s.concurrency) {
             problems.push(problem("store.concurrency", "must be within 1..16"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.retry_max) {
+            problems.push(problem("store.retry_max", "must be within 1s..1h"));
         }
 
         if self.disk.min_free_percent > 90 {

@@ -148,6 +148,7 @@ impl UploaderSettings {
         settings.part_size = store.part_size.0;
         settings.concurrency = usize::try_from(store.concurrency).unwrap_or(1).max(1);
         settings.bandwidth_kbps = store.bandwidth_kbps;
+        settings.backoff.max = store.retry_max;
         Ok(settings)
     }
 }
@@ -659,6 +660,7 @@ mod tests {
         config.store.part_size = crate::config::ByteSize(16 << 20);
         config.store.concurrency = 3;
         config.store.bandwidth_kbps = 2000;
+        config.store.retry_max = Duration::from_secs(20);
         let settings = UploaderSettings::from_config(&config).unwrap();
         assert_eq!(
             (settings.env.as_str(), settings.device.as_str()),
@@ -674,7 +676,9 @@ mod tests {
             ),
             (16 << 20, 3, 2000)
         );
-        assert_eq!(settings.backoff.max, Duration::from_secs(300));
+        assert_eq!(settings.backoff.max, Duration::from_secs(20));
+        let defaults = UploaderSettings::from_config(&Config::parse(DEFAULT_CONFIG).unwrap());
+        assert_eq!(defaults.unwrap().backoff.max, Duration::from_secs(300));
 
         let secrets = Secrets {
             mqtt_password: None,
