@@ -15,11 +15,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import broker as broker_files
 from . import package as packages
 from . import presence, remote, render
-from .config import ConfigError, InventoryError, load_fleet, load_inventory
+from .config import ARCHITECTURES, ConfigError, InventoryError, load_fleet, load_inventory
 
 EXAMPLES = """\
 examples:
@@ -27,6 +28,7 @@ examples:
   provisioning/provision --fleet fleet.toml --inventory line-1.csv
   provisioning/provision --fleet fleet.toml --inventory line-1.csv --limit 10.20.0.17
   provisioning/provision --fleet fleet.toml --inventory line-1.csv --broker-only
+  provisioning/provision --fleet fleet.toml --inventory line-1.csv --limit pi-01 --package arm64=new.deb
 """
 
 _print_lock = threading.Lock()
@@ -63,7 +65,28 @@ def parse_args(argv):
     parser.add_argument("--jobs", type=int, help="hosts at a time (default: the fleet's jobs)")
     parser.add_argument("--broker-only", action="store_true",
                         help="only the broker's credentials, password file and ACL")
+    parser.add_argument("--package", action="append", default=[], metavar="ARCH=DEB",
+                        help="install this .deb on the Pis of architecture ARCH instead of the "
+                             "fleet configuration's [package] ARCH (CI passes the package it "
+                             "just built); repeat for each architecture")
     return parser.parse_args(argv)
+
+
+def package_overrides(items):
+    """`arm64=dist/x.deb` items to {arch: Path}; raises ValueError naming the bad one."""
+    overrides = {}
+    for item in items:
+        arch, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--package {item}: write ARCH=PATH, e.g. arm64=dist/x.deb")
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"--package {item}: unknown architecture {arch!r} "
+                             f"({', '.join(ARCHITECTURES)})")
+        if not Path(path).is_file():
+            raise ValueError(f"--package {item}: {path} does not exist "
+                             "(build it with scripts/package)")
+        overrides[arch] = Path(path).resolve()
+    return overrides
 
 
 def select(devices, limits):
@@ -77,6 +100,11 @@ def select(devices, limits):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        overrides = package_overrides(args.package)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 64
     try:
         fleet = load_fleet(args.fleet)
         devices = load_inventory(args.inventory, fleet)
@@ -116,6 +144,7 @@ def main(argv=None):
         say(f"{prefix}{'broker changed' if broker_changed else 'nothing changed'}")
         return 0
 
+    fleet.packages.update(overrides)
     try:
         debs = {arch: packages.read(path) for arch, path in fleet.packages.items()}
     except (OSError, ValueError) as e:

@@ -20,6 +20,8 @@ from pathlib import Path
 # The topic rule of the MQTT protocol v1 (docs/protocol.md): env, station and device ids.
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 INVENTORY_COLUMNS = ("host", "device", "station", "env", "cameras")
+# Debian architectures a Pi (or, in the tests, this machine) can have: [package] keys.
+ARCHITECTURES = ("arm64", "amd64", "armhf")
 ROLES = ("line", "ingest")
 # Fixed by the systemd unit (StateDirectory=) and the package: not the fleet's to choose.
 FIXED_AGENT_KEYS = ("device", "station", "env", "spool_dir")
@@ -213,8 +215,8 @@ def load_fleet(path):
 
     packages = {}
     for arch, value in take(data, "package", dict, "fleet", required=True, default={}).items():
-        if arch not in ("arm64", "amd64", "armhf"):
-            problems.append(f"package.{arch}: unknown architecture (arm64, amd64, armhf)")
+        if arch not in ARCHITECTURES:
+            problems.append(f"package.{arch}: unknown architecture ({', '.join(ARCHITECTURES)})")
         elif not isinstance(value, str):
             problems.append(f"package.{arch}: expected a path to a .deb")
         else:
