@@ -18,6 +18,7 @@
 //! | `capture_clips{state}` | gauge | clips in the spool by state |
 //! | `capture_spool_bytes` | gauge | bytes of clip files in the spool (every state) |
 //! | `capture_disk_free_bytes` | gauge | free bytes on the spool's file system |
+//! | `capture_disk_size_bytes` | gauge | size of the spool's file system (for the free share) |
 //! | `capture_disk_full` | gauge | 1 when `start` is refused with `disk_full` |
 //! | `capture_oldest_unconfirmed_seconds` | gauge | age of the oldest clip not yet accepted by the ingest |
 //! | `capture_mqtt_connected` | gauge | 1 while the broker connection is up (after SUBACK) |
@@ -69,6 +70,7 @@ pub struct Metrics {
     pub command_count: AtomicU64,
     pub spool_bytes: AtomicU64,
     pub disk_free_bytes: AtomicU64,
+    pub disk_size_bytes: AtomicU64,
     pub disk_full: AtomicBool,
     pub oldest_unconfirmed_secs: AtomicU64,
     pub mqtt_connected: AtomicBool,
@@ -200,6 +202,12 @@ impl Metrics {
             "gauge",
             "Free bytes on the spool's file system.",
             &plain(get(&self.disk_free_bytes)),
+        );
+        metric(
+            "capture_disk_size_bytes",
+            "gauge",
+            "Size of the spool's file system.",
+            &plain(get(&self.disk_size_bytes)),
         );
         metric(
             "capture_disk_full",

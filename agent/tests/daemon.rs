@@ -750,6 +750,29 @@ async fn metrics_and_json_logs_describe_what_happened() {
             .expect("metric")
             >= 3.0
     );
+    // The spool's file system: its size beside the free bytes, for the free share alerts use.
+    let deadline = std::time::Instant::now() + WAIT;
+    while agent
+        .metric("capture_disk_size_bytes")
+        .await
+        .expect("metric")
+        == 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "capture_disk_size_bytes never measured"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let size = agent
+        .metric("capture_disk_size_bytes")
+        .await
+        .expect("metric");
+    let free = agent
+        .metric("capture_disk_free_bytes")
+        .await
+        .expect("metric");
+    assert!(0.0 < free && free <= size, "free {free} of {size} bytes");
 
     let log = agent.log();
     let lines: Vec<Value> = log
