@@ -1,8 +1,10 @@
 //! Logs and metrics.
 //!
-//! Logs are JSON lines on stdout (one event per thing that happened, structured fields such
-//! as `clip_id`, `order`, `error`), ready for a cluster's log collector; the filter comes from
-//! `RUST_LOG` (default `info`). [`init_logs`] is called once by `main`; the library only emits.
+//! Logs are JSON lines on stdout, one flat object per event: `timestamp`, `level`, `message`,
+//! `target` and the event's structured fields (`clip_id`, `order`, `station`, `device`,
+//! `reason`, `error`, ...), ready for a cluster's log collector (which adds the pod's `env`
+//! from its labels: docs/operations.md); the filter comes from `RUST_LOG` (default `info`).
+//! [`init_logs`] is called once by `main`; the library only emits.
 //!
 //! Metrics are plain atomics rendered in the Prometheus text format by `/metrics`
 //! ([`Metrics::render`]). Each counter sits beside the log event an operator would alert on:
@@ -34,6 +36,7 @@ pub fn init_logs() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .json()
+        .flatten_event(true)
         .with_env_filter(filter)
         .with_current_span(false)
         .init();

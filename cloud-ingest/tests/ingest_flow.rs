@@ -459,10 +459,7 @@ async fn the_real_binary_serves_logs_json_and_drains_on_sigterm() -> Result<()> 
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .context("every log line is JSON")?;
-    let messages: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l["fields"]["message"].as_str())
-        .collect();
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
     for expected in [
         "cloud ingest running",
         "clip accepted",

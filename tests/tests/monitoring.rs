@@ -619,3 +619,114 @@ async fn dashboards_and_rules_query_only_metrics_a_running_agent_and_ingest_expo
     assert!(provider["options"]["path"].as_str().is_some());
     Ok(())
 }
+
+/// The log collector's configurations (Vector, deploy/monitoring/logs/). Vector is in none of
+/// the package registries this project's machines reach, so `vector validate` cannot run
+/// here: this checks what can be checked without it.
+#[test]
+fn log_collector_configurations_read_both_programs_and_produce_the_documented_fields() -> Result<()>
+{
+    let documented = ["timestamp", "level", "message", "target"];
+    for (file, source_type) in [
+        ("vector-pi.yaml", "journald"),
+        ("vector-cluster.yaml", "kubernetes_logs"),
+    ] {
+        let config = yaml(&monitoring_dir().join("logs").join(file))?;
+        let mut names = BTreeSet::new();
+        for section in ["sources", "transforms", "sinks"] {
+            let components = config[section]
+                .as_mapping()
+                .with_context(|| format!("{file}: no {section}"))?;
+            for (name, component) in components {
+                let name = name.as_str().context("component name")?;
+                ensure!(
+                    names.insert(name.to_owned()),
+                    "{file}: {name} defined twice"
+                );
+                ensure!(
+                    component["type"].as_str().is_some(),
+                    "{file}: {name} has no type"
+                );
+            }
+        }
+        // Every input is a component defined before it in the flow, and every sink is fed.
+        for section in ["transforms", "sinks"] {
+            for (name, component) in config[section].as_mapping().context(section)? {
+                let inputs = component["inputs"].as_sequence().context("inputs")?;
+                ensure!(!inputs.is_empty(), "{file}: {name:?} has no inputs");
+                for input in inputs {
+                    let input = input.as_str().context("input")?;
+                    ensure!(
+                        names.contains(input),
+                        "{file}: {name:?} reads {input}, which is not defined"
+                    );
+                }
+            }
+        }
+        let sources = config["sources"].as_mapping().context("sources")?;
+        let (_, source) = sources.iter().next().context("a source")?;
+        assert_eq!(source["type"].as_str(), Some(source_type), "{file}");
+        let remap = config["transforms"]
+            .as_mapping()
+            .context("transforms")?
+            .values()
+            .find(|t| t["type"].as_str() == Some("remap"))
+            .context("a remap transform")?;
+        let program = remap["source"].as_str().context("remap source")?;
+        // JSON lines are parsed into the record.
+        assert!(program.contains("parse_json(.message)"), "{file}");
+        for field in documented {
+            let produced = match field {
+                // Vector's sources set these two themselves.
+                "timestamp" | "message" => true,
+                _ => program.contains(&format!(".{field} =")),
+            };
+            assert!(produced, "{file}: does not set {field}");
+        }
+        for (_, sink) in config["sinks"].as_mapping().context("sinks")? {
+            for (label, value) in sink["labels"].as_mapping().into_iter().flatten() {
+                let value = value.as_str().context("label value")?;
+                if let Some(field) = value
+                    .strip_prefix("{{ ")
+                    .and_then(|v| v.strip_suffix(" }}"))
+                {
+                    assert!(
+                        documented.contains(&field) || program.contains(&format!(".{field} =")),
+                        "{file}: label {label:?} uses {field}, which the record lacks"
+                    );
+                }
+            }
+        }
+    }
+
+    // The Pi's collector reads the unit the package installs, and maps every native journal
+    // field of the agent to its documented name.
+    let pi = yaml(&monitoring_dir().join("logs/vector-pi.yaml"))?;
+    let units = pi["sources"]["agent_journal"]["include_units"]
+        .as_sequence()
+        .context("include_units")?;
+    assert_eq!(units.len(), 1);
+    let unit = units[0].as_str().context("unit")?;
+    assert!(repo_root().join("systemd").join(unit).is_file(), "{unit}");
+    let program = pi["transforms"]["agent_fields"]["source"]
+        .as_str()
+        .context("remap")?;
+    for field in ["order", "clip_id", "station", "device", "env", "target"] {
+        let native = field.to_uppercase();
+        assert!(
+            program.contains(&format!(".{field} = del(.{native})")),
+            "{native} -> {field}"
+        );
+    }
+
+    // The cluster's collector selects the ingest's pods by a label every overlay's pods carry.
+    let cluster = yaml(&monitoring_dir().join("logs/vector-cluster.yaml"))?;
+    let selector = cluster["sources"]["ingest_pods"]["extra_label_selector"]
+        .as_str()
+        .context("extra_label_selector")?;
+    let (key, value) = selector.split_once('=').context("key=value")?;
+    let base = yaml(&repo_root().join("cloud-ingest/deploy/base/kustomization.yaml"))?;
+    let common = &base["labels"][0]["pairs"];
+    assert_eq!(common[key].as_str(), Some(value), "{selector}");
+    Ok(())
+}
