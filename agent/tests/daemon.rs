@@ -1036,11 +1036,9 @@ async fn under_systemd_the_agent_writes_native_journal_fields() {
         return;
     }
     let journald = FakeJournald::bind();
-    // As systemd starts the unit: stderr connected to the journal, no format asked for.
+    // As systemd starts the unit: stderr connected to the journal (JOURNAL_STREAM), no
+    // format asked for; the agent finds journald's socket and uses it.
     let (_broker, agent, mut line) = station(&["top"], |options| {
-        options
-            .env_vars
-            .push(("CAPTURE_AGENT_LOG_FORMAT".into(), "journald".into()));
         options
             .env_vars
             .push(("JOURNAL_STREAM".into(), "8:1234".into()));
