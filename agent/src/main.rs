@@ -40,7 +40,9 @@ struct Cli {
     /// for `run`, `warn` for the other commands.
     #[arg(long, global = true, env = "CAPTURE_AGENT_LOG")]
     log: Option<String>,
-    /// Log format: `json` (one object per line; the default for `run`) or `text`.
+    /// Log format: `json` (one object per line), `text`, or `journald` (native journal
+    /// fields). `run` defaults to `journald` under systemd (JOURNAL_STREAM set), else `json`;
+    /// the other commands to `text`.
     #[arg(long, global = true, env = "CAPTURE_AGENT_LOG_FORMAT")]
     log_format: Option<LogFormat>,
     #[command(subcommand)]
@@ -87,17 +89,18 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.command, Command::Run(_));
-    let format = cli.log_format.unwrap_or(if daemon {
-        LogFormat::Json
-    } else {
-        LogFormat::Text
-    });
     let filter = cli
         .log
         .unwrap_or_else(|| if daemon { "info" } else { "warn" }.to_owned());
-    telemetry::init_logs(format, &filter);
+    if !daemon {
+        telemetry::init_logs(cli.log_format.unwrap_or(LogFormat::Text), &filter, &[]);
+    }
     let result = match cli.command {
-        Command::Run(args) => return cli::run(args),
+        Command::Run(args) => {
+            // Logs start once the configuration says who this agent is.
+            let format = cli.log_format.unwrap_or_else(LogFormat::daemon_default);
+            return cli::run(args, format, &filter);
+        }
         Command::Record(args) => cli::record(args),
         Command::Snapshot(args) => cli::snapshot(args),
         Command::Cameras => cli::cameras(),

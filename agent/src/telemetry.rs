@@ -1,9 +1,13 @@
 //! Logs and metrics of the running agent.
 //!
-//! Logs: `capture-agent run` writes one JSON object per line (`timestamp`, `level`, `fields`
-//! with `message` and the structured fields such as `order`, `clip_id`, `camera`, `target`)
-//! to stderr, which systemd hands to journald. [`init_logs`] installs it; the library only
-//! emits events.
+//! Logs: `capture-agent run` writes one flat JSON object per line to stderr: `timestamp`,
+//! `level`, `message`, `target`, the event's structured fields (`order`, `clip_id`, `camera`,
+//! `error`, ...) and on every line the agent's identity, `device`, `station` and `env`.
+//! Under systemd (`JOURNAL_STREAM` set and journald's socket there) it writes native journal
+//! entries instead: `MESSAGE`, `PRIORITY`, `TARGET` and every field upper-cased (`ORDER`,
+//! `CLIP_ID`, `DEVICE`, `STATION`, `ENV`), which `journalctl -o json` and collectors read
+//! without parsing. `--log-format` chooses explicitly. [`init_logs`] installs it; the library
+//! only emits events. The fields are documented in docs/operations.md.
 //!
 //! Metrics: plain atomics, rendered in the Prometheus text format by the daemon's `/metrics`
 //! endpoint ([`Metrics::render`]). Counters are bumped where the thing happens; gauges are set
@@ -18,6 +22,7 @@
 //! | `capture_clips{state}` | gauge | clips in the spool by state |
 //! | `capture_spool_bytes` | gauge | bytes of clip files in the spool (every state) |
 //! | `capture_disk_free_bytes` | gauge | free bytes on the spool's file system |
+//! | `capture_disk_size_bytes` | gauge | size of the spool's file system (for the free share) |
 //! | `capture_disk_full` | gauge | 1 when `start` is refused with `disk_full` |
 //! | `capture_oldest_unconfirmed_seconds` | gauge | age of the oldest clip not yet accepted by the ingest |
 //! | `capture_mqtt_connected` | gauge | 1 while the broker connection is up (after SUBACK) |
@@ -39,21 +44,121 @@ use crate::spool::ClipState;
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// One JSON object per line (for journald and log collectors).
+    /// One flat JSON object per line on stderr (for log collectors).
     Json,
-    /// Human-readable lines.
+    /// Human-readable lines on stderr.
     Text,
+    /// Native journald entries with structured fields (needs journald's socket).
+    Journald,
 }
 
-/// Installs the process's log subscriber, writing to stderr. Call once, from `main`.
-pub fn init_logs(format: LogFormat, filter: &str) {
+/// Where journald listens for native entries.
+const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
+
+impl LogFormat {
+    /// The daemon's format when none is asked for: `journald` when systemd connected stderr
+    /// to the journal (`JOURNAL_STREAM`) and journald's socket is there, else `json`.
+    pub fn daemon_default() -> LogFormat {
+        if std::env::var_os("JOURNAL_STREAM").is_some()
+            && std::path::Path::new(JOURNALD_SOCKET).exists()
+        {
+            LogFormat::Journald
+        } else {
+            LogFormat::Json
+        }
+    }
+}
+
+/// Installs the process's log subscriber. Call once, from `main` (or from `run` once the
+/// configuration is read, with the agent's identity as `context`: fields on every line).
+/// A journald socket that cannot be opened falls back to JSON on stderr, and says so.
+pub fn init_logs(format: LogFormat, filter: &str, context: &[(&str, &str)]) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::new(filter);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().with_current_span(false).init(),
-        LogFormat::Text => builder.init(),
+    let journald = match format {
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(layer) => Some(
+                layer
+                    .with_field_prefix(None)
+                    .with_custom_fields(context.iter().map(|(k, v)| (k.to_uppercase(), *v))),
+            ),
+            Err(e) => {
+                eprintln!("journald unavailable ({e}): logging JSON lines to stderr");
+                None
+            }
+        },
+        LogFormat::Json | LogFormat::Text => None,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    if let Some(journald) = journald {
+        registry.with(journald).init();
+    } else if format == LogFormat::Text {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    } else {
+        let lines = tracing_subscriber::fmt::layer()
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(JsonLine::new(context))
+            .with_writer(std::io::stderr);
+        registry.with(lines).init();
+    }
+}
+
+/// One flat JSON object per event: tracing-subscriber's JSON with the event's fields at the
+/// top level, plus `context` fields the event does not set itself.
+struct JsonLine {
+    inner: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+    context: serde_json::Map<String, serde_json::Value>,
+}
+
+impl JsonLine {
+    fn new(context: &[(&str, &str)]) -> JsonLine {
+        JsonLine {
+            inner: tracing_subscriber::fmt::format()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false),
+            context: context
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                .collect(),
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        if self.context.is_empty() {
+            return writer.write_str(&line);
+        }
+        match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(serde_json::Value::Object(mut object)) => {
+                for (key, value) in &self.context {
+                    object.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+                writeln!(writer, "{}", serde_json::Value::Object(object))
+            }
+            _ => writer.write_str(&line),
+        }
     }
 }
 
@@ -69,6 +174,7 @@ pub struct Metrics {
     pub command_count: AtomicU64,
     pub spool_bytes: AtomicU64,
     pub disk_free_bytes: AtomicU64,
+    pub disk_size_bytes: AtomicU64,
     pub disk_full: AtomicBool,
     pub oldest_unconfirmed_secs: AtomicU64,
     pub mqtt_connected: AtomicBool,
@@ -200,6 +306,12 @@ impl Metrics {
             "gauge",
             "Free bytes on the spool's file system.",
             &plain(get(&self.disk_free_bytes)),
+        );
+        metric(
+            "capture_disk_size_bytes",
+            "gauge",
+            "Size of the spool's file system.",
+            &plain(get(&self.disk_size_bytes)),
         );
         metric(
             "capture_disk_full",

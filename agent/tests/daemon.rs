@@ -2,7 +2,11 @@
 //! cameras: the station protocol of DESIGN.md section 3, bad input, redelivery, broker
 //! restarts, crashes, the disk quota, the status, metrics and logs.
 
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capture_agent::spool::{self, ClipRow, ClipState, clips};
@@ -750,6 +754,29 @@ async fn metrics_and_json_logs_describe_what_happened() {
             .expect("metric")
             >= 3.0
     );
+    // The spool's file system: its size beside the free bytes, for the free share alerts use.
+    let deadline = std::time::Instant::now() + WAIT;
+    while agent
+        .metric("capture_disk_size_bytes")
+        .await
+        .expect("metric")
+        == 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "capture_disk_size_bytes never measured"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let size = agent
+        .metric("capture_disk_size_bytes")
+        .await
+        .expect("metric");
+    let free = agent
+        .metric("capture_disk_free_bytes")
+        .await
+        .expect("metric");
+    assert!(0.0 < free && free <= size, "free {free} of {size} bytes");
 
     let log = agent.log();
     let lines: Vec<Value> = log
@@ -760,12 +787,27 @@ async fn metrics_and_json_logs_describe_what_happened() {
     assert!(!lines.is_empty(), "the agent logs JSON lines:\n{log}");
     let started = lines
         .iter()
-        .find(|l| l["fields"]["message"] == "recording started")
+        .find(|l| l["message"] == "recording started")
         .unwrap_or_else(|| panic!("a 'recording started' line:\n{log}"));
-    assert_eq!(started["fields"]["order"], "SO-O");
-    assert_eq!(started["fields"]["clip_id"], id);
+    // The documented fields (docs/operations.md), flat: the event's own and the agent's
+    // identity on every line.
+    assert_eq!(started["order"], "SO-O");
+    assert_eq!(started["clip_id"], id);
     assert_eq!(started["level"], "INFO");
     assert!(started["timestamp"].is_string());
+    assert!(
+        started["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("capture_agent")),
+        "{started}"
+    );
+    for line in &lines {
+        assert_eq!(line["device"], "pi-01", "{line}");
+        assert_eq!(line["station"], "pack-01", "{line}");
+        assert_eq!(line["env"], "test", "{line}");
+        assert!(line["message"].is_string(), "{line}");
+        assert!(line.get("fields").is_none(), "{line}");
+    }
 }
 
 #[test]
@@ -898,4 +940,144 @@ async fn the_agent_connects_over_tls_with_a_username_and_password_file() {
         .expect("the agent is online over TLS");
     let pong = send(&mut line, json!({"v":1,"id":"tls-1","op":"ping"})).await;
     assert_ok(&pong);
+}
+
+/// journald's socket for native entries, which tracing-journald writes to.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Stands in for journald on a machine without it: binds its socket and keeps reading (a
+/// full datagram queue would block the agent's logging), and removes the socket and the
+/// directories it created when dropped.
+struct FakeJournald {
+    entries: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+    stop: Arc<AtomicBool>,
+    created: Vec<std::path::PathBuf>,
+}
+
+impl FakeJournald {
+    fn bind() -> FakeJournald {
+        let path = Path::new(JOURNAL_SOCKET);
+        let mut created = Vec::new();
+        let mut missing = path.parent();
+        while let Some(dir) = missing.filter(|d| !d.exists()) {
+            created.push(dir.to_owned());
+            missing = dir.parent();
+        }
+        std::fs::create_dir_all(path.parent().expect("a directory"))
+            .expect("creating /run/systemd/journal (the tests run as root)");
+        let socket = UnixDatagram::bind(path).expect("binding the socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("a read timeout");
+        let entries = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (into, stopped) = (entries.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf)
+                    && n > 0
+                {
+                    into.lock()
+                        .expect("entries")
+                        .push(journal_fields(&buf[..n]));
+                }
+            }
+        });
+        FakeJournald {
+            entries,
+            stop,
+            created,
+        }
+    }
+
+    /// The entries received so far, each as its fields.
+    fn entries(&self) -> Vec<BTreeMap<String, String>> {
+        self.entries.lock().expect("entries").clone()
+    }
+}
+
+impl Drop for FakeJournald {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_file(JOURNAL_SOCKET);
+        for dir in &self.created {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Parses one datagram of journald's native protocol: `NAME=value\n`, or `NAME\n`, a 64-bit
+/// little-endian length, the value and `\n`.
+fn journal_fields(mut data: &[u8]) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    while let Some(end) = data.iter().position(|&b| b == b'\n' || b == b'=') {
+        let name = String::from_utf8_lossy(&data[..end]).into_owned();
+        let (value, rest) = if data[end] == b'=' {
+            let rest = &data[end + 1..];
+            let stop = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            (&rest[..stop], rest.get(stop + 1..).unwrap_or_default())
+        } else {
+            let rest = &data[end + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")) as usize;
+            (&rest[8..8 + len], rest.get(9 + len..).unwrap_or_default())
+        };
+        fields.insert(name, String::from_utf8_lossy(value).into_owned());
+        data = rest;
+    }
+    fields
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_agent_writes_native_journal_fields() {
+    if Path::new(JOURNAL_SOCKET).exists() {
+        // A real journald runs here: the agent's entries go to it, not to this test.
+        eprintln!("{JOURNAL_SOCKET} belongs to a running journald; checked where there is none");
+        return;
+    }
+    let journald = FakeJournald::bind();
+    // As systemd starts the unit: stderr connected to the journal (JOURNAL_STREAM), no
+    // format asked for; the agent finds journald's socket and uses it.
+    let (_broker, agent, mut line) = station(&["top"], |options| {
+        options
+            .env_vars
+            .push(("JOURNAL_STREAM".into(), "8:1234".into()));
+    })
+    .await;
+    let start = send(
+        &mut line,
+        json!({"v":1,"id":"j-1","op":"start","order":"SO-J"}),
+    )
+    .await;
+    let id = clip_ids(&start)[0].clone();
+    send(
+        &mut line,
+        json!({"v":1,"id":"j-2","op":"stop","order":"SO-J"}),
+    )
+    .await;
+    wait_sealed(&agent, &id).await;
+
+    let entries = journald.entries();
+    let started = entries
+        .iter()
+        .find(|e| e.get("MESSAGE").map(String::as_str) == Some("recording started"))
+        .unwrap_or_else(|| panic!("no 'recording started' entry in {entries:?}"));
+    assert_eq!(started["ORDER"], "SO-J");
+    assert_eq!(Some(started["CLIP_ID"].as_str()), id.as_str());
+    assert_eq!(started["PRIORITY"], "5", "INFO is journald's notice");
+    assert!(
+        started["TARGET"].starts_with("capture_agent"),
+        "{started:?}"
+    );
+    for entry in &entries {
+        assert_eq!(entry["DEVICE"], "pi-01", "{entry:?}");
+        assert_eq!(entry["STATION"], "pack-01", "{entry:?}");
+        assert_eq!(entry["ENV"], "test", "{entry:?}");
+    }
+    // Nothing went to stderr as JSON: the journal is the only copy.
+    assert!(
+        !agent.log().lines().any(|l| l.starts_with('{')),
+        "{}",
+        agent.log()
+    );
 }

@@ -379,8 +379,16 @@ impl Worker {
     ) -> Option<Decision> {
         let mut backoff = Duration::from_millis(100);
         loop {
+            let started = Instant::now();
             match self.verifier.verify(uploaded).await {
-                Ok(decision) => return Some(decision),
+                Ok(decision) => {
+                    Metrics::observe(
+                        &self.metrics.verify_micros_sum,
+                        &self.metrics.verify_count,
+                        started.elapsed(),
+                    );
+                    return Some(decision);
+                }
                 Err(error) => {
                     Metrics::inc(&self.metrics.retries_verify);
                     tracing::warn!(clip_id = %uploaded.clip_id, error = %error, retry_in = ?backoff, "verification failed; retrying");
@@ -425,11 +433,12 @@ impl Worker {
         match recorded {
             Recorded::New(Decision::Accepted) => {
                 Metrics::inc(&self.metrics.accepted);
-                tracing::info!(%clip_id, %order, station = %uploaded.station, "clip accepted");
+                tracing::info!(%clip_id, %order, station = %uploaded.station, device = %uploaded.device, "clip accepted");
             }
             Recorded::New(Decision::Rejected(reason)) => {
                 Metrics::inc(&self.metrics.rejected);
-                tracing::warn!(%clip_id, %order, %reason, "clip rejected");
+                self.metrics.rejected(reason);
+                tracing::warn!(%clip_id, %order, station = %uploaded.station, device = %uploaded.device, %reason, "clip rejected");
             }
             Recorded::Duplicate(_) => {
                 Metrics::inc(&self.metrics.duplicate);

@@ -186,6 +186,7 @@ impl Relay {
         if rows.is_empty() {
             tx.commit().await?;
             self.metrics.outbox_pending.store(0, Ordering::Relaxed);
+            self.metrics.outbox_oldest_secs.store(0, Ordering::Relaxed);
             return Ok(0);
         }
         let mut confirms = Vec::with_capacity(rows.len());
@@ -237,19 +238,33 @@ impl Relay {
 }
 
 impl Relay {
-    /// Updates the `ingest_outbox_pending` gauge (best effort: PostgreSQL may be down too).
+    /// Updates the `ingest_outbox_pending` and `ingest_outbox_oldest_seconds` gauges, and
+    /// whether PostgreSQL answers (best effort: it may be down too).
     async fn count_pending(&self) {
         let Ok(conn) = self.pool.get().await else {
+            self.metrics.postgres_up.store(false, Ordering::Relaxed);
             return;
         };
-        if let Ok(row) = conn
-            .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
-            .await
-        {
+        let counted = conn
+            .query_one(
+                "SELECT count(*), \
+                        COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 \
+                 FROM outbox WHERE sent_at IS NULL",
+                &[],
+            )
+            .await;
+        self.metrics
+            .postgres_up
+            .store(counted.is_ok(), Ordering::Relaxed);
+        if let Ok(row) = counted {
             let pending: i64 = row.get(0);
+            let oldest: f64 = row.get(1);
             self.metrics
                 .outbox_pending
                 .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
+            self.metrics
+                .outbox_oldest_secs
+                .store(oldest.max(0.0) as u64, Ordering::Relaxed);
         }
     }
 }

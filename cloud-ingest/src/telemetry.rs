@@ -1,8 +1,10 @@
 //! Logs and metrics.
 //!
-//! Logs are JSON lines on stdout (one event per thing that happened, structured fields such
-//! as `clip_id`, `order`, `error`), ready for a cluster's log collector; the filter comes from
-//! `RUST_LOG` (default `info`). [`init_logs`] is called once by `main`; the library only emits.
+//! Logs are JSON lines on stdout, one flat object per event: `timestamp`, `level`, `message`,
+//! `target` and the event's structured fields (`clip_id`, `order`, `station`, `device`,
+//! `reason`, `error`, ...), ready for a cluster's log collector (which adds the pod's `env`
+//! from its labels: docs/operations.md); the filter comes from `RUST_LOG` (default `info`).
+//! [`init_logs`] is called once by `main`; the library only emits.
 //!
 //! Metrics are plain atomics rendered in the Prometheus text format by `/metrics`
 //! ([`Metrics::render`]). Each counter sits beside the log event an operator would alert on:
@@ -11,9 +13,12 @@
 //! | --- | --- |
 //! | `ingest_notifications_total{outcome}` | notifications handled: `accepted`, `rejected`, `duplicate`, `poison` |
 //! | `ingest_events_published_total` | CloudEvents confirmed by RabbitMQ |
+//! | `ingest_rejections_total{reason}` | clips rejected, by kind of reason (`verify::REASON_LABELS`) |
 //! | `ingest_outbox_pending` | events in the outbox not yet confirmed (last relay round) |
+//! | `ingest_outbox_oldest_seconds` | age of the oldest of those events (0 when none) |
 //! | `ingest_retries_total{stage}` | transient failures retried: `verify`, `catalog`, `relay` |
 //! | `ingest_batch_seconds_sum/_count` | time from batch start to catalog commit |
+//! | `ingest_verify_seconds_sum/_count` | time to decide on one clip against the object store |
 //! | `ingest_up{dependency}` | 1 when MQTT, PostgreSQL (last use), RabbitMQ are connected |
 //! | `ingest_api_denied_total{status}` | API requests refused: `401` (no or invalid credentials), `403` (scope or environment) |
 //! | `ingest_clip_urls_issued_total` | presigned clip URLs handed out (each one also an audit log event) |
@@ -21,6 +26,9 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::verify::{REASON_LABELS, reason_label};
 
 /// Installs the JSON log subscriber for the process. Call once, from `main`.
 pub fn init_logs() {
@@ -28,6 +36,7 @@ pub fn init_logs() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .json()
+        .flatten_event(true)
         .with_env_filter(filter)
         .with_current_span(false)
         .init();
@@ -41,12 +50,17 @@ pub struct Metrics {
     pub duplicate: AtomicU64,
     pub poison: AtomicU64,
     pub events_published: AtomicU64,
+    /// Per label of `verify::REASON_LABELS`, in that order.
+    pub rejections: [AtomicU64; REASON_LABELS.len()],
     pub outbox_pending: AtomicU64,
+    pub outbox_oldest_secs: AtomicU64,
     pub retries_verify: AtomicU64,
     pub retries_catalog: AtomicU64,
     pub retries_relay: AtomicU64,
     pub batch_micros_sum: AtomicU64,
     pub batch_count: AtomicU64,
+    pub verify_micros_sum: AtomicU64,
+    pub verify_count: AtomicU64,
     pub mqtt_up: AtomicBool,
     pub postgres_up: AtomicBool,
     pub amqp_up: AtomicBool,
@@ -60,6 +74,23 @@ impl Metrics {
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one rejected clip under the kind of its reason.
+    pub fn rejected(&self, reason: &str) {
+        let label = reason_label(reason);
+        if let Some(i) = REASON_LABELS.iter().position(|l| *l == label) {
+            Self::inc(&self.rejections[i]);
+        }
+    }
+
+    /// Adds one observation to a `_sum`/`_count` pair kept in microseconds.
+    pub fn observe(sum: &AtomicU64, count: &AtomicU64, elapsed: Duration) {
+        sum.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        Self::inc(count);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -93,10 +124,29 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP ingest_rejections_total Clips rejected, by kind of reason.\n\
+             # TYPE ingest_rejections_total counter"
+        );
+        for (reason, counter) in REASON_LABELS.iter().zip(&self.rejections) {
+            let _ = writeln!(
+                out,
+                "ingest_rejections_total{{reason=\"{reason}\"}} {}",
+                get(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP ingest_outbox_pending Events waiting in the outbox (last relay round).\n\
              # TYPE ingest_outbox_pending gauge\n\
              ingest_outbox_pending {}",
             get(&self.outbox_pending)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_outbox_oldest_seconds Age of the oldest event waiting in the outbox.\n\
+             # TYPE ingest_outbox_oldest_seconds gauge\n\
+             ingest_outbox_oldest_seconds {}",
+            get(&self.outbox_oldest_secs)
         );
         let _ = writeln!(
             out,
@@ -122,6 +172,15 @@ impl Metrics {
              ingest_batch_seconds_count {}",
             get(&self.batch_micros_sum) as f64 / 1e6,
             get(&self.batch_count)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_verify_seconds Time to decide on one clip against the object store.\n\
+             # TYPE ingest_verify_seconds summary\n\
+             ingest_verify_seconds_sum {:.6}\n\
+             ingest_verify_seconds_count {}",
+            get(&self.verify_micros_sum) as f64 / 1e6,
+            get(&self.verify_count)
         );
         let _ = writeln!(
             out,
@@ -174,5 +233,30 @@ mod tests {
         assert!(text.contains("ingest_notifications_total{outcome=\"accepted\"} 1\n"));
         assert!(text.contains("ingest_up{dependency=\"mqtt\"} 1\n"));
         assert!(text.contains("# TYPE ingest_events_published_total counter\n"));
+    }
+
+    #[test]
+    fn rejections_are_counted_by_kind_and_latency_as_a_summary() {
+        let metrics = Metrics::default();
+        metrics.rejected("size mismatch: object has 1 bytes, notification says 2");
+        metrics.rejected("size mismatch: object has 3 bytes, notification says 2");
+        metrics.rejected("clip c-1: content type \"image/jpeg\" does not match kind clip");
+        Metrics::observe(
+            &metrics.verify_micros_sum,
+            &metrics.verify_count,
+            Duration::from_millis(40),
+        );
+        metrics.outbox_oldest_secs.store(75, Ordering::Relaxed);
+        let text = metrics.render();
+        assert!(text.contains("ingest_rejections_total{reason=\"size_mismatch\"} 2\n"));
+        assert!(text.contains("ingest_rejections_total{reason=\"invalid\"} 1\n"));
+        assert!(text.contains("ingest_rejections_total{reason=\"object_missing\"} 0\n"));
+        assert!(text.contains("ingest_verify_seconds_sum 0.040000\n"));
+        assert!(text.contains("ingest_verify_seconds_count 1\n"));
+        assert!(text.contains("ingest_outbox_oldest_seconds 75\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').expect("name value");
+            assert!(value.parse::<f64>().is_ok(), "{name}: {value}");
+        }
     }
 }

@@ -12,7 +12,8 @@
 //!    (`sha256 mismatch: content hashes to ...`).
 //!
 //! A mismatch is a [`Decision::Rejected`] with a reason that starts with the names above: the
-//! reason goes to the device and into the `clip.rejected` event. A failure of the store itself
+//! reason goes to the device and into the `clip.rejected` event; [`reason_label`] names its
+//! kind for the `ingest_rejections_total{reason}` metric. A failure of the store itself
 //! (network, 5xx, timeouts) is a [`VerifyError`]: nothing is decided, the caller retries.
 //! The decision on the HEAD answer is the pure function [`judge`].
 
@@ -138,6 +139,35 @@ fn error_text<E: std::error::Error + 'static>(error: &E) -> String {
     text
 }
 
+/// The kinds of rejection, as [`reason_label`] names them (a bounded set of metric labels).
+pub const REASON_LABELS: [&str; 7] = [
+    "wrong_env",
+    "wrong_bucket",
+    "object_missing",
+    "size_mismatch",
+    "sha256_mismatch",
+    "sha256_missing",
+    "invalid",
+];
+
+/// The kind of a rejection reason, from the name it starts with (`size mismatch: ...` is
+/// `size_mismatch`; `wrong env` is the consumer's, for a key of another environment);
+/// `invalid` for the rest: a notification that failed its own checks
+/// ([`capture_protocol::Uploaded::check`]: key, content type, times).
+pub fn reason_label(reason: &str) -> &'static str {
+    [
+        ("wrong env", "wrong_env"),
+        ("wrong bucket", "wrong_bucket"),
+        ("object missing", "object_missing"),
+        ("size mismatch", "size_mismatch"),
+        ("sha256 mismatch", "sha256_mismatch"),
+        ("sha256 metadata missing", "sha256_missing"),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| reason.starts_with(prefix))
+    .map_or("invalid", |(_, label)| label)
+}
+
 /// The decision on a HEAD answer: size and sha256 metadata against the notification.
 pub fn judge(uploaded: &Uploaded, size: Option<i64>, sha256: Option<&str>) -> Decision {
     let size = size.and_then(|s| u64::try_from(s).ok());
@@ -199,5 +229,39 @@ mod tests {
         assert!(
             reason(judge(&uploaded(), Some(73400320), None)).starts_with("sha256 metadata missing")
         );
+    }
+
+    #[test]
+    fn every_reason_has_its_metric_label() {
+        let label = |d: Decision| match d {
+            Decision::Rejected(r) => reason_label(&r),
+            Decision::Accepted => panic!("accepted"),
+        };
+        assert_eq!(
+            label(judge(&uploaded(), Some(1), Some(SHA))),
+            "size_mismatch"
+        );
+        assert_eq!(
+            label(judge(&uploaded(), Some(73400320), Some(&"0".repeat(64)))),
+            "sha256_mismatch"
+        );
+        assert_eq!(
+            label(judge(&uploaded(), Some(73400320), None)),
+            "sha256_missing"
+        );
+        assert_eq!(reason_label("object missing: b/k"), "object_missing");
+        assert_eq!(reason_label("wrong bucket: \"x\""), "wrong_bucket");
+        assert_eq!(
+            reason_label("sha256 mismatch: content hashes to 00"),
+            "sha256_mismatch"
+        );
+        assert_eq!(reason_label("wrong env: key \"prod/x\""), "wrong_env");
+        assert_eq!(
+            reason_label("clip c-1: ends at 2026-01-01T00:00:00Z, before it starts"),
+            "invalid"
+        );
+        for reason in ["size mismatch", "object missing", "something new"] {
+            assert!(REASON_LABELS.contains(&reason_label(reason)));
+        }
     }
 }

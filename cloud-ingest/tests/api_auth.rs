@@ -279,13 +279,12 @@ async fn service_tokens_let_in_only_a_live_token_with_the_routes_scope() -> Resu
     let audit = audit_lines(&log);
     assert_eq!(audit.len(), 4, "{audit:?}");
     for line in &audit {
-        let fields = &line["fields"];
-        assert_eq!(fields["message"], json!("clip URL issued"));
-        assert_eq!(fields["caller"], json!("core-system"));
-        assert_eq!(fields["via"], json!(format!("token {core_id}")));
-        assert_eq!(fields["order"], json!("SO-AUTH-1"));
-        assert_eq!(fields["clip_id"], json!(uploaded.clip_id.as_str()));
-        assert_eq!(fields["key"], json!(uploaded.key));
+        assert_eq!(line["message"], json!("clip URL issued"));
+        assert_eq!(line["caller"], json!("core-system"));
+        assert_eq!(line["via"], json!(format!("token {core_id}")));
+        assert_eq!(line["order"], json!("SO-AUTH-1"));
+        assert_eq!(line["clip_id"], json!(uploaded.clip_id.as_str()));
+        assert_eq!(line["key"], json!(uploaded.key));
     }
     assert!(log.contains("API request refused"), "refusals are logged");
     let signature = url
@@ -590,13 +589,7 @@ scopes_claim = "scope"
     let log = ingest.log()?;
     let callers: Vec<Value> = audit_lines(&log)
         .iter()
-        .map(|line| {
-            json!([
-                line["fields"]["caller"],
-                line["fields"]["via"],
-                line["fields"]["order"]
-            ])
-        })
+        .map(|line| json!([line["caller"], line["via"], line["order"]]))
         .collect();
     assert!(
         callers.contains(&json!(["ana.lima", "oidc", "SO-SSO-7"])),
@@ -609,7 +602,7 @@ scopes_claim = "scope"
     assert!(
         audit_lines(&log)
             .iter()
-            .all(|l| l["fields"]["clip_id"] == json!(uploaded.clip_id.as_str()))
+            .all(|l| l["clip_id"] == json!(uploaded.clip_id.as_str()))
     );
     let mut secrets = Vec::new();
     for jwt in &jwts {

@@ -226,6 +226,25 @@ async fn bad_uploads_are_rejected_and_the_service_keeps_working() -> Result<()> 
             .await?,
         3.0
     );
+    // Each rejection under the kind of its reason; the broken one above is poison, not here.
+    for (reason, count) in [
+        ("object_missing", 1.0),
+        ("size_mismatch", 1.0),
+        ("sha256_mismatch", 1.0),
+        ("wrong_env", 1.0),
+        ("sha256_missing", 0.0),
+        ("invalid", 0.0),
+    ] {
+        assert_eq!(
+            ingest
+                .metric(&format!("ingest_rejections_total{{reason=\"{reason}\"}}"))
+                .await?,
+            count,
+            "{reason}"
+        );
+    }
+    // Four notifications went to the object store (missing, size, sha256, good).
+    assert_eq!(ingest.metric("ingest_verify_seconds_count").await?, 4.0);
     ingest.stop().await?;
     Ok(())
 }
@@ -440,10 +459,7 @@ async fn the_real_binary_serves_logs_json_and_drains_on_sigterm() -> Result<()> 
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .context("every log line is JSON")?;
-    let messages: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l["fields"]["message"].as_str())
-        .collect();
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
     for expected in [
         "cloud ingest running",
         "clip accepted",

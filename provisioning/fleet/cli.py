@@ -2,7 +2,8 @@
 
 1. Read and check the fleet configuration and the inventory (nothing happens on a problem).
 2. Broker: credentials, password file and ACL for the whole inventory, then reload it once.
-   Done first, so that every Pi's account exists before its agent connects.
+   Done first, so that every Pi's account exists before its agent connects. Then the
+   Prometheus target list of the whole inventory, when `[monitoring] targets_dir` is set.
 3. Every selected host, `--jobs` at a time; a failing host is reported and the others go on:
    probe over SSH, work out what differs, apply it, wait for the station's `online` status.
 4. A summary table, and whether anything changed. Exit 0 when every host is fine, 1 when one
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from . import broker as broker_files
 from . import package as packages
-from . import presence, remote, render
+from . import presence, remote, render, targets
 from .config import ARCHITECTURES, ConfigError, InventoryError, load_fleet, load_inventory
 
 EXAMPLES = """\
@@ -140,8 +141,17 @@ def main(argv=None):
             return 1
         if not files.changed:
             say(f"broker {files.password_file}: unchanged")
+    targets_changed = False
+    if fleet.targets_dir is not None:
+        try:
+            targets_changed = write_targets(fleet, args.inventory, devices, args.dry_run)
+        except OSError as e:
+            say(f"monitoring targets: FAILED: {e}")
+            return 1
     if args.broker_only:
-        say(f"{prefix}{'broker changed' if broker_changed else 'nothing changed'}")
+        changed = [what for what, did in (("broker", broker_changed),
+                                          ("monitoring targets", targets_changed)) if did]
+        say(f"{prefix}{' and '.join(changed) + ' changed' if changed else 'nothing changed'}")
         return 0
 
     fleet.packages.update(overrides)
@@ -165,19 +175,40 @@ def main(argv=None):
     failed = [r for r in results if not r.ok]
     changed_hosts = [r for r in results if r.changed]
     if args.dry_run:
-        would = broker_changed or changed_hosts
+        would = broker_changed or targets_changed or changed_hosts
         say(f"dry run: {'changes pending' if would else 'nothing would change'}; "
             "nothing was changed")
-    elif not broker_changed and not changed_hosts:
+    elif not broker_changed and not targets_changed and not changed_hosts:
         say("nothing changed")
     else:
         say(f"changed: {'broker files, ' if broker_changed else ''}"
+            f"{'monitoring targets, ' if targets_changed else ''}"
             f"{len(changed_hosts)} host(s)")
     if failed:
         say(f"{len(failed)} of {len(results)} host(s) FAILED: "
             + ", ".join(r.device.host for r in failed))
         return 1
     return 0
+
+
+def write_targets(fleet, inventory, devices, dry_run):
+    """Writes (or, in a dry run, compares) the inventory's Prometheus target list; True when
+    it changed or would change."""
+    file = targets.path(fleet, inventory)
+    content = targets.render(fleet, devices)
+    try:
+        same = file.read_bytes() == content
+    except FileNotFoundError:
+        same = False
+    if same:
+        say(f"{'dry run: ' if dry_run else ''}monitoring targets {file}: unchanged")
+        return False
+    if dry_run:
+        say(f"dry run: monitoring targets {file}: would write {len(devices)} target(s)")
+        return True
+    targets.write(file, content)
+    say(f"monitoring targets {file}: wrote {len(devices)} target(s)")
+    return True
 
 
 def provision_host(fleet, device, debs, credentials, dry_run):

@@ -17,6 +17,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import targets
+
 # The topic rule of the MQTT protocol v1 (docs/protocol.md): env, station and device ids.
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 INVENTORY_COLUMNS = ("host", "device", "station", "env", "cameras")
@@ -102,6 +104,8 @@ class Fleet:
     metrics: dict
     camera_defaults: dict
     envs: dict[str, Environment]
+    # [monitoring] targets_dir: where the Prometheus target list goes (None: not written).
+    targets_dir: Path | None = None
 
 
 @dataclass
@@ -169,7 +173,7 @@ def load_fleet(path):
         return value
 
     known_top = {"state_dir", "jobs", "online_timeout", "ssh", "package", "agent", "disk",
-                 "metrics", "camera", "env"}
+                 "metrics", "camera", "env", "monitoring"}
     for key in data:
         if key not in known_top:
             problems.append(f"{key}: unknown key (known: {', '.join(sorted(known_top))})")
@@ -235,6 +239,23 @@ def load_fleet(path):
         if key in camera_defaults:
             problems.append(f"camera.{key}: set per camera in the inventory's cameras column")
 
+    metrics = take(data, "metrics", dict, "fleet", default={})
+    monitoring = take(data, "monitoring", dict, "fleet", default={})
+    for key in monitoring:
+        if key != "targets_dir":
+            problems.append(f"monitoring.{key}: unknown key (known: targets_dir)")
+    targets_dir = rel(take(monitoring, "targets_dir", str, "monitoring"))
+    if targets_dir is not None:
+        listen = metrics.get("listen", targets.DEFAULT_METRICS_LISTEN)
+        try:
+            host, _ = targets.listen_port(listen)
+            if targets.loopback(host):
+                problems.append(f"monitoring.targets_dir: metrics.listen is {listen!r}, which "
+                                "Prometheus cannot reach from another machine; listen on "
+                                "\"0.0.0.0:9464\" (or the Pis' network)")
+        except ValueError as e:
+            problems.append(f"metrics.listen: {e}")
+
     envs = {}
     for name, table in take(data, "env", dict, "fleet", required=True, default={}).items():
         env = _load_env(name, table, rel, take, problems)
@@ -252,9 +273,10 @@ def load_fleet(path):
         packages=packages,
         agent=agent,
         disk=take(data, "disk", dict, "fleet", default={}),
-        metrics=take(data, "metrics", dict, "fleet", default={}),
+        metrics=metrics,
         camera_defaults=camera_defaults,
         envs=envs,
+        targets_dir=targets_dir,
     )
 
 

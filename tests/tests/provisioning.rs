@@ -52,6 +52,9 @@ struct FleetSettings {
     ssh: Option<(PathBuf, PathBuf)>,
     metrics_port: u16,
     online_timeout: &'static str,
+    /// Write the Prometheus target list (`[monitoring] targets_dir = "targets"`), with the
+    /// metrics listening on every address as that needs.
+    monitoring: bool,
 }
 
 impl FleetFiles {
@@ -103,7 +106,8 @@ max_bytes = "1GiB"
 min_free_percent = 0
 
 [metrics]
-listen = "127.0.0.1:{metrics}"
+listen = "{metrics_host}:{metrics}"
+{monitoring}
 
 [camera]
 resolution = "320x240"
@@ -136,6 +140,12 @@ user = "ingest-dev"
 role = "ingest"
 "#,
             metrics = s.metrics_port,
+            metrics_host = if s.monitoring { "0.0.0.0" } else { "127.0.0.1" },
+            monitoring = if s.monitoring {
+                "[monitoring]\ntargets_dir = \"targets\"\n"
+            } else {
+                ""
+            },
             port = s.mqtt_port,
             reload = match s.reload_pid {
                 Some(pid) => format!("reload_command = [\"kill\", \"-HUP\", \"{pid}\"]"),
@@ -385,6 +395,7 @@ async fn a_device_account_reaches_only_its_own_station_and_device_topics() -> Re
         ssh: None,
         metrics_port: 9464,
         online_timeout: "10s",
+        monitoring: false,
     })?;
     // Hosts are never contacted with --broker-only.
     fleet.write_inventory(&[
@@ -697,6 +708,7 @@ async fn provisioning_brings_a_pi_online_reports_an_unreachable_one_and_a_second
         ssh: Some((sshd.client_key(), sshd.known_hosts())),
         metrics_port: free_port()?,
         online_timeout: "90s",
+        monitoring: false,
     })?;
     let reachable = sshd.destination();
     fleet.write_inventory(&[
@@ -878,6 +890,7 @@ async fn bad_inputs_are_listed_with_their_line_or_key_and_nothing_is_changed() -
         ssh: None,
         metrics_port: 9464,
         online_timeout: "10s",
+        monitoring: false,
     };
     fleet.write_fleet(&settings)?;
     fleet.write_inventory(&[
@@ -920,5 +933,121 @@ async fn bad_inputs_are_listed_with_their_line_or_key_and_nothing_is_changed() -
         "credentials were generated anyway"
     );
     assert_eq!(std::fs::read_to_string(fleet.path("acl"))?, "");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_inventory_becomes_a_prometheus_target_list_with_device_station_and_env() -> Result<()>
+{
+    let fleet = FleetFiles::new()?;
+    let mut settings = FleetSettings {
+        mqtt_port: 1883,
+        reload_pid: None,
+        store_endpoint: "http://127.0.0.1:9".into(),
+        store_bucket: "factory-media".into(),
+        access_key_id: "GK0000".into(),
+        secret_access_key: "not-a-real-secret".into(),
+        package: None,
+        ssh: None,
+        metrics_port: 9464,
+        online_timeout: "10s",
+        monitoring: true,
+    };
+    fleet.write_fleet(&settings)?;
+    // Hosts are never contacted with --broker-only; the list names them as Prometheus
+    // reaches them: without the SSH user and port, IPv6 in brackets.
+    fleet.write_inventory(&[
+        ["pi@10.20.0.11:2222", "pi-01", "pack-01", "dev", "top=test"],
+        [
+            "10.20.0.12",
+            "pi-02",
+            "pack-02",
+            "dev",
+            "top=test side=test",
+        ],
+        ["[fd00::13]:22", "pi-03", "pack-03", "dev", "top=test"],
+    ])?;
+    let (code, output) = fleet.provision(&["--broker-only"]).await?;
+    ensure!(code == 0, "provision exited {code}:\n{output}");
+    let list = fleet.path("targets/inventory.json");
+    assert!(
+        output.contains(&format!(
+            "monitoring targets {}: wrote 3 target(s)",
+            list.display()
+        )),
+        "{output}"
+    );
+    let targets: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&list)?)?;
+    assert_eq!(
+        targets,
+        serde_json::json!([
+            {"targets": ["10.20.0.11:9464"],
+             "labels": {"device": "pi-01", "station": "pack-01", "env": "dev"}},
+            {"targets": ["10.20.0.12:9464"],
+             "labels": {"device": "pi-02", "station": "pack-02", "env": "dev"}},
+            {"targets": ["[fd00::13]:9464"],
+             "labels": {"device": "pi-03", "station": "pack-03", "env": "dev"}},
+        ])
+    );
+    assert_eq!(
+        std::fs::metadata(&list)?.permissions().mode() & 0o777,
+        0o644,
+        "Prometheus runs as another user"
+    );
+
+    // Prometheus accepts it: promtool reads every file_sd file a configuration names.
+    write_mode(
+        &fleet.path("prometheus.yml"),
+        "scrape_configs:\n  - job_name: capture-agent\n    file_sd_configs:\n      - files: [targets/*.json]\n",
+        0o644,
+    )?;
+    let checked = capture_tests::fixtures::promtool(
+        &["check", "config", "prometheus.yml"],
+        fleet.dir.path(),
+    )?;
+    assert!(checked.contains("SUCCESS"), "{checked}");
+
+    // A second run changes nothing; a new Pi in the inventory is a change, shown by a dry run
+    // and written by the next run.
+    let (code, output) = fleet.provision(&["--broker-only"]).await?;
+    ensure!(code == 0, "second run exited {code}:\n{output}");
+    assert!(output.contains("monitoring targets"), "{output}");
+    assert!(output.contains(": unchanged\nnothing changed"), "{output}");
+    fleet.write_inventory(&[
+        ["pi@10.20.0.11:2222", "pi-01", "pack-01", "dev", "top=test"],
+        [
+            "10.20.0.12",
+            "pi-02",
+            "pack-02",
+            "dev",
+            "top=test side=test",
+        ],
+        ["[fd00::13]:22", "pi-03", "pack-03", "dev", "top=test"],
+        ["10.20.0.14", "pi-04", "pack-04", "dev", "top=test"],
+    ])?;
+    let before = std::fs::read(&list)?;
+    let (code, output) = fleet.provision(&["--broker-only", "--dry-run"]).await?;
+    ensure!(code == 0, "dry run exited {code}:\n{output}");
+    assert!(output.contains("would write 4 target(s)"), "{output}");
+    assert_eq!(std::fs::read(&list)?, before, "a dry run wrote the list");
+    let (code, output) = fleet.provision(&["--broker-only"]).await?;
+    ensure!(code == 0, "third run exited {code}:\n{output}");
+    let targets: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&list)?)?;
+    assert_eq!(targets[3]["labels"]["station"], "pack-04");
+
+    // Metrics that only the Pi itself can reach cannot be scraped: refused before anything.
+    settings.monitoring = false;
+    fleet.write_fleet(&settings)?;
+    let toml = std::fs::read_to_string(fleet.path("fleet.toml"))?.replace(
+        "[camera]",
+        "[monitoring]\ntargets_dir = \"targets\"\n\n[camera]",
+    );
+    write_mode(&fleet.path("fleet.toml"), &toml, 0o644)?;
+    let (code, output) = fleet.provision(&["--broker-only"]).await?;
+    assert_eq!(code, 78, "{output}");
+    assert!(
+        output.contains("monitoring.targets_dir: metrics.listen is '127.0.0.1:9464'"),
+        "{output}"
+    );
     Ok(())
 }

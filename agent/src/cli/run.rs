@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{Config, ConfigError, EXIT_BAD_CONFIG};
+use crate::telemetry::{self, LogFormat};
 
 /// Options of `run`.
 #[derive(Debug, clap::Args)]
@@ -14,8 +15,9 @@ pub struct RunArgs {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. A bad configuration exits with code 78 and every
-/// problem listed, before anything starts.
-pub fn run(args: RunArgs) -> ExitCode {
+/// problem listed (on stderr), before anything starts; then logs begin, in `format`, each
+/// line carrying the agent's device, station and env.
+pub fn run(args: RunArgs, format: LogFormat, filter: &str) -> ExitCode {
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(e) => {
@@ -35,6 +37,15 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    telemetry::init_logs(
+        format,
+        filter,
+        &[
+            ("device", &config.agent.device),
+            ("station", &config.agent.station),
+            ("env", &config.agent.env),
+        ],
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("agent")

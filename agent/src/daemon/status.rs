@@ -155,6 +155,7 @@ impl Daemon {
             .map(|u| u.free_bytes)
             .unwrap_or(usage.free_bytes);
         Metrics::set(&self.metrics.disk_free_bytes, free);
+        Metrics::set(&self.metrics.disk_size_bytes, usage.fs_bytes);
         Metrics::set(&self.metrics.spool_bytes, usage.spool_bytes);
         if plan.full != self.disk_full {
             if plan.full {
