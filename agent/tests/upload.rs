@@ -198,6 +198,15 @@ impl Station {
         Ok(hex::encode(hasher.finalize()))
     }
 
+    /// Fails unless the store holds `clip` under its key with the clip's own sha256.
+    async fn assert_stored(&self, clip: &ClipRow) -> Result<()> {
+        assert_eq!(
+            self.object_sha256(&key_of(clip)).await?,
+            clip.sha256.clone().context("sha256")?
+        );
+        Ok(())
+    }
+
     /// Multipart uploads in progress under `dev/`: `(key, upload_id)`.
     async fn multipart_uploads(&self) -> Result<Vec<(String, String)>> {
         let listed = self
@@ -436,10 +445,7 @@ async fn agent_killed_mid_upload_resumes_without_resending_parts() -> Result<()>
     eprintln!(
         "before the crash: {sent_before} bytes acknowledged, {done} persisted; after: {sent_after} sent of {missing} missing"
     );
-    assert_eq!(
-        station.object_sha256(&key_of(&clip)).await?,
-        clip.sha256.clone().context("sha256")?
-    );
+    station.assert_stored(&clip).await?;
     assert!(station.multipart_uploads().await?.is_empty());
     second.shutdown().await;
     Ok(())
@@ -476,10 +482,7 @@ async fn a_multipart_upload_the_store_forgot_is_started_over() -> Result<()> {
         size,
         "every part is sent again to the new upload"
     );
-    assert_eq!(
-        station.object_sha256(&key_of(&clip)).await?,
-        clip.sha256.clone().context("sha256")?
-    );
+    station.assert_stored(&clip).await?;
     assert!(station.multipart_uploads().await?.is_empty());
     second.shutdown().await;
     Ok(())
@@ -522,10 +525,7 @@ async fn an_upload_survives_the_store_going_away_for_a_while() -> Result<()> {
         .wait_for_state(&clip.clip_id, ClipState::Uploaded)
         .await?;
     assert!(metrics.upload_retries.load(Ordering::Relaxed) >= 1);
-    assert_eq!(
-        station.object_sha256(&key_of(&clip)).await?,
-        clip.sha256.clone().context("sha256")?
-    );
+    station.assert_stored(&clip).await?;
     uploader.shutdown().await;
     Ok(())
 }
@@ -590,10 +590,7 @@ async fn a_hung_store_is_abandoned_after_the_stall_timeout_and_the_upload_resume
         .wait_for_state(&clip.clip_id, ClipState::Uploaded)
         .await?;
     assert!(metrics.upload_failures.load(Ordering::Relaxed) >= 1);
-    assert_eq!(
-        station.object_sha256(&key_of(&clip)).await?,
-        clip.sha256.clone().context("sha256")?
-    );
+    station.assert_stored(&clip).await?;
     uploader.shutdown().await;
     Ok(())
 }
@@ -638,10 +635,7 @@ async fn wrong_credentials_are_reported_and_nothing_is_lost_until_the_key_is_fix
         .wait_for_state(&clip.clip_id, ClipState::Uploaded)
         .await?;
     assert_eq!(done.last_error, None);
-    assert_eq!(
-        station.object_sha256(&key_of(&clip)).await?,
-        clip.sha256.clone().context("sha256")?
-    );
+    station.assert_stored(&clip).await?;
     uploader.shutdown().await;
     Ok(())
 }

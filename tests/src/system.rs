@@ -241,9 +241,9 @@ impl System {
         let core = self.core.as_mut().expect("bound above");
         let mut wait = wait;
         loop {
-            match core.next_event(wait).await {
-                Ok((key, event)) => self.ledger.observe_cloud_event(&key, &event)?,
-                Err(error) if error.to_string().starts_with("no completion event") => break,
+            match core.try_next_event(wait).await {
+                Ok(Some((key, event))) => self.ledger.observe_cloud_event(&key, &event)?,
+                Ok(None) => break,
                 Err(_) => {
                     // The broker went away: bind again on the next pump.
                     self.core = None;
@@ -268,8 +268,8 @@ impl System {
             if Instant::now() > deadline {
                 bail!(
                     "after {timeout:?} these clips have no outcome: {open:?}\nagent log tail:\n{}\ningest log tail:\n{}",
-                    tail(&self.agent.log(), 40),
-                    tail(&self.ingest.log(), 20)
+                    self.agent.log_tail(40),
+                    self.ingest.log_tail(20)
                 );
             }
         }
@@ -324,11 +324,6 @@ impl System {
         }
         Ok(objects)
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// One clip the station announced.

@@ -16,15 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
+use capture_tests::fixtures::repo_root;
 use serde::Deserialize as _;
 use serde_yaml::Value;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives in the workspace")
-        .to_owned()
-}
 
 fn monitoring_dir() -> PathBuf {
     repo_root().join("deploy/monitoring")

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use capture_tests::fixtures::{Agent, Garage, Mosquitto, ServerProcess, Sshd, free_port};
+use capture_tests::fixtures::{
+    Agent, Garage, Mosquitto, ServerProcess, Sshd, free_port, repo_root,
+};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -25,13 +27,6 @@ use tokio::sync::mpsc;
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a denied message has, after the marker that follows it, to show up anyway.
 const QUIET_WINDOW: Duration = Duration::from_millis(700);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives in the workspace")
-        .to_owned()
-}
 
 /// The inputs of one provisioning run, written into a directory of the test's own.
 #[derive(Debug)]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use capture_tests::fixtures::{Agent, Sshd, free_port};
+use capture_tests::fixtures::{Agent, Sshd, free_port, repo_root};
 use serde::Deserialize as _;
 use serde_yaml::{Mapping, Value};
 
@@ -42,13 +42,6 @@ const GLOBAL_KEYWORDS: [&str; 10] = [
 const DEFAULT_STAGE: &str = "test";
 /// Variables that hold secrets: a job may hand them to a program, never print them.
 const SECRET_VARIABLES: [&str; 3] = ["CI_REGISTRY_PASSWORD", "KUBECONFIG_INGEST", "FLEET_SSH_KEY"];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives in the workspace")
-        .to_owned()
-}
 
 /// One job of the pipeline, with its `extends` templates merged in.
 #[derive(Debug)]
