@@ -95,6 +95,12 @@ pub struct StoreSection {
     /// from 1 s up to this).
     #[serde(default = "default_retry_max", with = "human_duration")]
     pub retry_max: Duration,
+    /// How long an uploaded clip waits for the ingest's confirm before its notification is
+    /// sent again (then doubling, with jitter, up to `confirm_timeout_max`).
+    #[serde(default = "default_confirm_timeout", with = "human_duration")]
+    pub confirm_timeout: Duration,
+    #[serde(default = "default_confirm_timeout_max", with = "human_duration")]
+    pub confirm_timeout_max: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +150,12 @@ fn default_part_size() -> ByteSize {
 }
 fn default_retry_max() -> Duration {
     Duration::from_secs(300)
+}
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_confirm_timeout_max() -> Duration {
+    Duration::from_secs(1800)
 }
 
 fn default_concurrency() -> u32 {
@@ -310,6 +322,15 @@ impl Config {
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.retry_max) {
             problems.push(problem("store.retry_max", "must be within 1s..1h"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.confirm_timeout) {
+            problems.push(problem("store.confirm_timeout", "must be within 1s..1h"));
+        }
+        if !(s.confirm_timeout..=Duration::from_secs(24 * 3600)).contains(&s.confirm_timeout_max) {
+            problems.push(problem(
+                "store.confirm_timeout_max",
+                "must be within store.confirm_timeout..24h",
+            ));
         }
 
         if self.disk.min_free_percent > 90 {

@@ -33,6 +33,7 @@
 //! | `capture_uploads_total` | counter | objects completed (clips and photos) |
 //! | `capture_upload_failures_total` | counter | failed upload attempts (each is retried) |
 //! | `capture_upload_retries_total` | counter | upload requests retried after a transient error |
+//! | `capture_notification_resends_total` | counter | uploaded notifications sent again after no confirm came within `store.confirm_timeout` |
 //! | `capture_evicted_total` | counter | accepted clips deleted to free space |
 
 use std::fmt::Write as _;
@@ -183,6 +184,7 @@ pub struct Metrics {
     pub uploads: AtomicU64,
     pub upload_failures: AtomicU64,
     pub upload_retries: AtomicU64,
+    pub notification_resends: AtomicU64,
     pub evicted: AtomicU64,
     /// Clips by state, as last counted from the spool.
     pub clips: Mutex<Vec<(ClipState, u64)>>,
@@ -384,6 +386,12 @@ impl Metrics {
             "counter",
             "Upload requests retried after a transient error.",
             &plain(get(&self.upload_retries)),
+        );
+        metric(
+            "capture_notification_resends_total",
+            "counter",
+            "Uploaded notifications sent again after no confirm came in time.",
+            &plain(get(&self.notification_resends)),
         );
         metric(
             "capture_evicted_total",

@@ -71,6 +71,20 @@ fn env_vars(container: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The `valueFrom` of the container's env var `name`.
+fn env_source(container: &Value, name: &str) -> Result<Value> {
+    container
+        .get("env")
+        .and_then(Value::as_sequence)
+        .and_then(|vars| {
+            vars.iter()
+                .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+        })
+        .and_then(|v| v.get("valueFrom"))
+        .cloned()
+        .with_context(|| format!("no env var {name} with valueFrom"))
+}
+
 /// The base config with its secret paths pointed at real files, parsed with `vars`.
 fn config_with(vars: &[(String, String)]) -> Result<Config> {
     let secrets = tempfile::tempdir()?;
@@ -98,10 +112,31 @@ fn the_base_is_a_sound_highly_available_deployment() -> Result<()> {
             "{resource} is listed but missing"
         );
     }
-    let deployment = yaml(&base.join("deployment.yaml"))?;
+    let deployment = yaml(&base.join("statefulset.yaml"))?;
     let service = yaml(&base.join("service.yaml"))?;
     let pdb = yaml(&base.join("pdb.yaml"))?;
-    assert_eq!(get(&deployment, "kind")?.as_str(), Some("Deployment"));
+    assert_eq!(get(&deployment, "kind")?.as_str(), Some("StatefulSet"));
+    // Stable pod names are the replicas' MQTT client ids (docs/ingest.md, "Replicas and MQTT
+    // sessions"): a replacement pod resumes its predecessor's session.
+    let client_id = env_source(
+        get(&deployment, "spec.template.spec.containers.0")?,
+        "CLOUD_INGEST_MQTT_CLIENT_ID",
+    )?;
+    assert_eq!(
+        get(&client_id, "fieldRef.fieldPath")?.as_str(),
+        Some("metadata.name")
+    );
+    let service_name = get(&deployment, "spec.serviceName")?.as_str();
+    let metrics_service = yaml(&base.join("service-metrics.yaml"))?;
+    assert_eq!(
+        service_name,
+        get(&metrics_service, "metadata.name")?.as_str()
+    );
+    assert_eq!(
+        get(&metrics_service, "spec.clusterIP")?.as_str(),
+        Some("None"),
+        "a StatefulSet's service is headless"
+    );
     assert_eq!(get(&service, "kind")?.as_str(), Some("Service"));
     assert_eq!(get(&pdb, "kind")?.as_str(), Some("PodDisruptionBudget"));
 
@@ -210,7 +245,7 @@ fn the_base_is_a_sound_highly_available_deployment() -> Result<()> {
     Ok(())
 }
 
-/// The overlay's Deployment patch merged onto the base container's env, by name.
+/// The overlay's StatefulSet patch merged onto the base container's env, by name.
 fn overlay_env(overlay: &str) -> Result<Vec<(String, String)>> {
     let dir = deploy_dir().join("overlays").join(overlay);
     let kustomization = yaml(&dir.join("kustomization.yaml"))?;
@@ -221,17 +256,17 @@ fn overlay_env(overlay: &str) -> Result<Vec<(String, String)>> {
     let patches = get(&kustomization, "patches")?
         .as_sequence()
         .context("patches")?;
-    let base = yaml(&deploy_dir().join("base/deployment.yaml"))?;
+    let base = yaml(&deploy_dir().join("base/statefulset.yaml"))?;
     let base_container = get(&base, "spec.template.spec.containers.0")?;
     let mut env: BTreeMap<String, String> = env_vars(base_container).into_iter().collect();
     for patch in patches {
         let path = dir.join(get(patch, "path")?.as_str().context("path")?);
         let patch_doc = yaml(&path)?;
-        assert_eq!(get(patch, "target.kind")?.as_str(), Some("Deployment"));
+        assert_eq!(get(patch, "target.kind")?.as_str(), Some("StatefulSet"));
         assert_eq!(
             get(patch, "target.name")?.as_str(),
             get(&base, "metadata.name")?.as_str(),
-            "the patch targets the base's Deployment"
+            "the patch targets the base's StatefulSet"
         );
         assert_eq!(get(&patch_doc, "kind")?, get(&base, "kind")?);
         assert_eq!(
@@ -315,7 +350,7 @@ fn overlays_render_with_kubectl_kustomize() -> Result<()> {
             .iter()
             .filter_map(|d| d.get("kind").and_then(Value::as_str))
             .collect();
-        for kind in ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget"] {
+        for kind in ["ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget"] {
             assert!(kinds.contains(&kind), "{overlay}: no {kind} in {kinds:?}");
         }
         for doc in &docs {
@@ -326,7 +361,7 @@ fn overlays_render_with_kubectl_kustomize() -> Result<()> {
         }
         let deployment = docs
             .iter()
-            .find(|d| d.get("kind").and_then(Value::as_str) == Some("Deployment"))
+            .find(|d| d.get("kind").and_then(Value::as_str) == Some("StatefulSet"))
             .context("deployment")?;
         let container = get(deployment, "spec.template.spec.containers.0")?;
         let env: BTreeMap<String, String> = env_vars(container).into_iter().collect();
@@ -335,7 +370,7 @@ fn overlays_render_with_kubectl_kustomize() -> Result<()> {
             Some(overlay)
         );
         assert!(get(deployment, "spec.replicas")?.as_u64() >= Some(2));
-        // The generated ConfigMap name (with its hash) is what the Deployment mounts.
+        // The generated ConfigMap name (with its hash) is what the StatefulSet mounts.
         let config_map = docs
             .iter()
             .find(|d| d.get("kind").and_then(Value::as_str) == Some("ConfigMap"))

@@ -50,7 +50,9 @@ pub struct SystemOptions {
     pub private_rabbitmq: bool,
     /// Extra lines for the agent's `[agent]` table.
     pub agent_extra: String,
-    /// Extra lines for the agent's `[store]` table (`retry_max = "5s"` is always there).
+    /// Extra lines for the agent's `[store]` table (`retry_max = "5s"`,
+    /// `confirm_timeout = "2s"` and `confirm_timeout_max = "5s"` are always there: a
+    /// notification lost on its way to the ingest is sent again within seconds).
     pub store_extra: String,
     /// The agent's `disk.max_bytes`, when not the default.
     pub max_bytes: Option<String>,
@@ -89,6 +91,8 @@ pub struct System {
     pub rabbit: RabbitMq,
     pub ingest: Ingest,
     pub agent: Agent,
+    /// What the ingest was started with (to start another replica).
+    pub ingest_options: IngestOptions,
     names: AmqpNames,
     core: Option<CoreSystem>,
     line: MqttClient,
@@ -114,7 +118,7 @@ impl System {
         let names = rabbit.names();
         let core = CoreSystem::bind(&rabbit, names.clone()).await?;
         let store = garage.settings();
-        let ingest = Ingest::start(IngestOptions {
+        let ingest_options = IngestOptions {
             env: ENV.into(),
             client_id: unique_name("ingest"),
             mqtt_host: broker.host().into(),
@@ -124,8 +128,8 @@ impl System {
             postgres_url: catalog.url(),
             amqp_url: rabbit.url().into(),
             exchange: names.exchange.clone(),
-        })
-        .await?;
+        };
+        let ingest = Ingest::start(ingest_options.clone()).await?;
         let mut agent_options = AgentOptions::new(broker.host(), broker.port());
         agent_options.env = ENV.into();
         agent_options.station = STATION.into();
@@ -138,7 +142,10 @@ impl System {
             access_key_id: store.access_key_id.clone(),
             secret_access_key: store.secret_access_key.clone(),
         };
-        agent_options.store_extra = format!("retry_max = \"5s\"\n{}", options.store_extra);
+        agent_options.store_extra = format!(
+            "retry_max = \"5s\"\nconfirm_timeout = \"2s\"\nconfirm_timeout_max = \"5s\"\n{}",
+            options.store_extra
+        );
         if let Some(max_bytes) = options.max_bytes {
             agent_options.max_bytes = max_bytes;
         }
@@ -152,6 +159,7 @@ impl System {
             rabbit,
             ingest,
             agent,
+            ingest_options,
             names,
             core: Some(core),
             line,
@@ -160,6 +168,28 @@ impl System {
         };
         system.wait_online(REPLY_WAIT).await?;
         Ok(system)
+    }
+
+    /// Starts another ingest replica beside [`System::ingest`], under its own MQTT client id
+    /// (a member of the same shared subscription), and waits until it is subscribed.
+    pub async fn start_replica(&self) -> Result<Ingest> {
+        let mut options = self.ingest_options.clone();
+        options.client_id = unique_name("ingest-replica");
+        let replica = Ingest::start(options).await?;
+        let deadline = Instant::now() + REPLY_WAIT;
+        while !replica
+            .metrics()
+            .await
+            .is_ok_and(|page| page.contains("ingest_up{dependency=\"mqtt\"} 1"))
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "the replica did not subscribe within {REPLY_WAIT:?}:\n{}",
+                replica.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(replica)
     }
 
     /// Waits for the station's retained status to say `online`.
@@ -280,11 +310,38 @@ impl System {
         Ok(())
     }
 
-    /// Settles, checks every guarantee against the store and returns the figures.
+    /// Settles, checks every guarantee against the store and the station's spool, and
+    /// returns the figures.
     pub async fn audit(&mut self, timeout: Duration) -> Result<Figures> {
+        let deadline = Instant::now() + timeout;
         self.settle(timeout).await?;
         let objects = self.objects().await?;
-        self.ledger.check(&objects)
+        let mut figures = self.ledger.check(&objects)?;
+        figures.accepted_on_station = self.settled_station(deadline).await?;
+        Ok(figures)
+    }
+
+    /// Waits until the station's spool agrees with the ledger (every completed clip
+    /// `accepted` there, every failed one `failed`, every aborted one `aborted`, nothing left
+    /// waiting), up to `deadline`; returns how many clips the station holds as accepted.
+    async fn settled_station(&mut self, deadline: Instant) -> Result<usize> {
+        loop {
+            self.pump(Duration::ZERO).await?;
+            let spool = self.agent.spool_clips().await?;
+            let problems = self.ledger.check_station(&spool);
+            if problems.is_empty() {
+                return Ok(spool.iter().filter(|c| c["state"] == "accepted").count());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the station's spool disagrees with what the cloud said ({} problem(s)):\n- {}\nagent log tail:\n{}",
+                    problems.len(),
+                    problems.join("\n- "),
+                    self.agent.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Every object in the bucket: key → (size, sha256 of its bytes).
@@ -334,6 +391,8 @@ pub struct ClipRecord {
     pub aborted: bool,
     /// The station said `clip_uploaded` (the store holds it; the ingest may not know yet).
     pub uploaded: bool,
+    /// The station said `clip_confirmed` (it holds the clip as accepted, and may evict it).
+    pub confirmed: bool,
     /// `clip_failed` events from the station, with their reasons.
     pub failures: Vec<String>,
     /// `clip.completed` CloudEvents by event id: deliveries and the event's data.
@@ -412,6 +471,9 @@ impl Ledger {
         if event["event"] == "clip_uploaded" {
             record.uploaded = true;
         }
+        if event["event"] == "clip_confirmed" {
+            record.confirmed = true;
+        }
         if event["event"] == "clip_failed" {
             record
                 .failures
@@ -454,6 +516,53 @@ impl Ledger {
             })
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// What the station's spool (`capture-agent spool --json --all`) says against the
+    /// ledger, as problems: a clip the core system got must be `accepted` on the station (or
+    /// evicted after its `clip_confirmed`), a failed one `failed`, an aborted one `aborted`
+    /// (or gone); no clip may be left waiting.
+    pub fn check_station(&self, spool: &[Value]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let states: BTreeMap<&str, &str> = spool
+            .iter()
+            .filter_map(|c| Some((c["clip_id"].as_str()?, c["state"].as_str()?)))
+            .collect();
+        for (clip_id, clip) in &self.clips {
+            let state = states.get(clip_id.as_str()).copied();
+            let (wanted, absent_ok) = if clip.aborted {
+                ("aborted", true)
+            } else if !clip.completed.is_empty() {
+                ("accepted", clip.confirmed)
+            } else if !clip.failures.is_empty() || !clip.rejected.is_empty() {
+                ("failed", false)
+            } else {
+                // No outcome in the cloud: the ledger's own check reports it.
+                continue;
+            };
+            match state {
+                Some(state) if state == wanted => {}
+                None if absent_ok => {}
+                Some(state) => problems.push(format!(
+                    "clip {clip_id} of order {} is {state} on the station, not {wanted}",
+                    clip.order
+                )),
+                None => problems.push(format!(
+                    "clip {clip_id} of order {} is not in the station's spool (wanted {wanted})",
+                    clip.order
+                )),
+            }
+        }
+        for (clip_id, state) in &states {
+            if !matches!(*state, "accepted" | "failed" | "aborted")
+                && !self.clips.contains_key(*clip_id)
+            {
+                problems.push(format!(
+                    "clip {clip_id} is {state} on the station and nobody heard of it"
+                ));
+            }
+        }
+        problems
     }
 
     /// Checks every guarantee against the objects in the store.
@@ -593,6 +702,8 @@ pub struct Figures {
     pub duplicates: usize,
     /// Extra deliveries of an event id already received (at-least-once; allowed).
     pub redeliveries: usize,
+    /// Clips the station's spool holds as `accepted` at the end (evicted ones not counted).
+    pub accepted_on_station: usize,
 }
 
 impl Figures {
@@ -609,6 +720,7 @@ impl Figures {
             "lost": self.lost,
             "duplicates": self.duplicates,
             "redeliveries": self.redeliveries,
+            "accepted_on_station": self.accepted_on_station,
         })
     }
 }
@@ -710,6 +822,48 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("not in the store")
+        );
+    }
+
+    #[test]
+    fn the_station_check_wants_every_completed_clip_accepted_on_the_station() {
+        let mut ledger = ledger_with_one_clip();
+        ledger
+            .observe_cloud_event("clip.completed", &completed("E1"))
+            .unwrap();
+        ledger.observe_station_event(
+            &json!({"event": "clip_failed", "clip_id": "C2", "order": "SO-1", "camera": "side"}),
+        );
+        let spool = |c1: &str, c2: &str| {
+            vec![
+                json!({"clip_id": "C1", "state": c1}),
+                json!({"clip_id": "C2", "state": c2}),
+            ]
+        };
+        assert!(
+            ledger
+                .check_station(&spool("accepted", "failed"))
+                .is_empty()
+        );
+        // The core system has the clip, the station still waits for its confirm.
+        let problems = ledger.check_station(&spool("uploaded", "failed"));
+        assert_eq!(
+            problems,
+            ["clip C1 of order SO-1 is uploaded on the station, not accepted"]
+        );
+        // Gone from the spool: fine only after the station said it was confirmed.
+        let only_c2 = [json!({"clip_id": "C2", "state": "failed"})];
+        assert_eq!(ledger.check_station(&only_c2).len(), 1);
+        ledger.observe_station_event(
+            &json!({"event": "clip_confirmed", "clip_id": "C1", "order": "SO-1", "camera": "top"}),
+        );
+        assert!(ledger.check_station(&only_c2).is_empty());
+        // A clip nobody announced, still waiting on the station.
+        let mut stray = spool("accepted", "failed");
+        stray.push(json!({"clip_id": "C3", "state": "sealed"}));
+        assert_eq!(
+            ledger.check_station(&stray),
+            ["clip C3 is sealed on the station and nobody heard of it"]
         );
     }
 

@@ -234,8 +234,8 @@ fn the_pod_monitor_scrapes_the_ingest_pods_every_overlay_renders() -> Result<()>
             .collect::<Result<_, _>>()?;
         let deployment = docs
             .iter()
-            .find(|d| d["kind"].as_str() == Some("Deployment"))
-            .context("no Deployment")?;
+            .find(|d| d["kind"].as_str() == Some("StatefulSet"))
+            .context("no StatefulSet")?;
         let pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
             .as_mapping()
             .context("pod labels")?;

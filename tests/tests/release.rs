@@ -646,7 +646,7 @@ fn deploy_ingest_dry_run_renders_each_overlay_with_the_image_ci_pushed() -> Resu
                 "{env}: {doc:?}"
             );
         }
-        let deployment = kind(&docs, "Deployment")?;
+        let deployment = kind(&docs, "StatefulSet")?;
         let containers = deployment["spec"]["template"]["spec"]["containers"]
             .as_sequence()
             .context("containers")?;

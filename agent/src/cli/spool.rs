@@ -20,9 +20,13 @@ pub struct SpoolArgs {
     /// Print JSON instead of a table (for scripts and monitoring).
     #[arg(long)]
     pub json: bool,
-    /// How many waiting clips to list, oldest first.
+    /// How many clips to list, oldest first.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// List clips in every state (also recording, accepted and aborted), not only those
+    /// still waiting for the cloud.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Runs `spool`.
@@ -41,12 +45,17 @@ pub fn spool(args: SpoolArgs) -> anyhow::Result<()> {
     let connection = spool::open_read_only(&path)?;
     let totals = clips::totals(&connection)?;
     let mut waiting = Vec::new();
-    for state in [
-        ClipState::Uploading,
-        ClipState::Sealed,
-        ClipState::Uploaded,
-        ClipState::Failed,
-    ] {
+    let states: &[ClipState] = if args.all {
+        &ClipState::ALL
+    } else {
+        &[
+            ClipState::Uploading,
+            ClipState::Sealed,
+            ClipState::Uploaded,
+            ClipState::Failed,
+        ]
+    };
+    for &state in states {
         waiting.extend(clips::in_state(&connection, state, args.limit)?);
     }
     waiting.sort_by(|a, b| a.started_at.cmp(&b.started_at));
@@ -75,7 +84,14 @@ pub fn spool(args: SpoolArgs) -> anyhow::Result<()> {
         println!("(empty)");
     }
     if !waiting.is_empty() {
-        println!("\nwaiting for the cloud, oldest first:");
+        println!(
+            "\n{}, oldest first:",
+            if args.all {
+                "every clip"
+            } else {
+                "waiting for the cloud"
+            }
+        );
         for clip in &waiting {
             let size = clip.size.unwrap_or(0);
             println!(

@@ -49,6 +49,7 @@ pub mod janitor;
 pub mod multipart;
 mod object;
 pub mod policy;
+pub mod resend;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -69,6 +70,7 @@ pub use client::{
 pub use confirm::{ConfirmEffect, apply_confirm, is_integrity_reason};
 pub use object::{ClipObject, InvalidRow};
 pub use policy::{Backoff, Pacer};
+pub use resend::ConfirmWatch;
 
 use crate::config::{Config, Problem, Secrets};
 use crate::spool::{
@@ -104,6 +106,9 @@ pub struct UploaderSettings {
     pub stale_upload_age: Option<Duration>,
     /// How often the spool is looked at without a wake-up (a safety net).
     pub rescan_interval: Duration,
+    /// How long an uploaded clip waits for its confirm before the notification is sent
+    /// again (`first`), and how that wait grows (`resend.rs`).
+    pub confirm_backoff: Backoff,
 }
 
 impl UploaderSettings {
@@ -124,6 +129,11 @@ impl UploaderSettings {
             janitor_interval: Duration::from_secs(3600),
             stale_upload_age: Some(Duration::from_secs(7 * 24 * 3600)),
             rescan_interval: Duration::from_secs(30),
+            confirm_backoff: Backoff {
+                first: Duration::from_secs(120),
+                max: Duration::from_secs(1800),
+                jitter: 0.5,
+            },
         }
     }
 
@@ -149,6 +159,8 @@ impl UploaderSettings {
         settings.concurrency = usize::try_from(store.concurrency).unwrap_or(1).max(1);
         settings.bandwidth_kbps = store.bandwidth_kbps;
         settings.backoff.max = store.retry_max;
+        settings.confirm_backoff.first = store.confirm_timeout;
+        settings.confirm_backoff.max = store.confirm_timeout_max;
         Ok(settings)
     }
 }
@@ -237,6 +249,7 @@ impl Uploader {
             settings.bandwidth_kbps,
         );
         let (stop, stopped) = watch::channel(false);
+        let confirms = ConfirmWatch::new(settings.confirm_backoff);
         let scheduler = Scheduler {
             context: Arc::new(Context {
                 settings,
@@ -251,6 +264,8 @@ impl Uploader {
             in_flight: HashSet::new(),
             clip_waits: HashMap::new(),
             store_wait: None,
+            confirms,
+            confirm_check_at: Instant::now(),
         };
         UploaderHandle {
             stop,
@@ -297,6 +312,11 @@ struct Scheduler {
     clip_waits: HashMap<String, Wait>,
     /// Every upload waits after a failure of the store as a whole.
     store_wait: Option<Wait>,
+    /// Clips in `uploaded`, waiting for their confirm (resend.rs).
+    confirms: ConfirmWatch,
+    /// When the spool's `uploaded` clips are looked at next: the next confirm due, the
+    /// periodic rescan, or at once after an upload finished.
+    confirm_check_at: Instant,
 }
 
 impl Scheduler {
@@ -305,6 +325,7 @@ impl Scheduler {
         janitor.spawn(run_janitor(self.context.clone()));
         loop {
             self.start_uploads().await;
+            self.resend_unconfirmed().await;
             let woken = self.wake.notified();
             let next = self.next_deadline();
             tokio::select! {
@@ -322,15 +343,79 @@ impl Scheduler {
         tracing::info!("uploader stopped");
     }
 
-    /// The next moment something may become due: a wait ending, or the periodic rescan.
+    /// The next moment something may become due: a wait ending, a confirm overdue, or the
+    /// periodic rescan.
     fn next_deadline(&self) -> Instant {
         let rescan = Instant::now() + self.context.settings.rescan_interval;
         self.store_wait
             .iter()
             .chain(self.clip_waits.values())
             .map(|w| w.until)
+            .chain(std::iter::once(self.confirm_check_at))
             .filter(|until| *until > Instant::now())
             .fold(rescan, Instant::min)
+    }
+
+    /// Sends the uploaded notification again for every clip whose confirm is overdue.
+    async fn resend_unconfirmed(&mut self) {
+        if Instant::now() < self.confirm_check_at {
+            return;
+        }
+        self.confirm_check_at = Instant::now() + self.context.settings.rescan_interval;
+        let uploaded = match self.context.spool.call(|c| resend::uploaded_clips(c)).await {
+            Ok(uploaded) => uploaded,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the clips waiting for a confirm");
+                return;
+            }
+        };
+        let now = std::time::Instant::now();
+        let due = self.confirms.due(uploaded.iter().map(String::as_str), now);
+        if due.is_empty() {
+            self.schedule_confirm_check();
+            return;
+        }
+        let mut queued = false;
+        for clip_id in due {
+            let settings = self.context.settings.clone();
+            let id = clip_id.clone();
+            let result = self
+                .context
+                .spool
+                .call(move |c| resend::resend(c, &settings, &id))
+                .await;
+            self.confirms.resent(&clip_id, now, rand::random::<f64>());
+            let resends = self.confirms.resends(&clip_id).unwrap_or(0);
+            match result {
+                Ok(resend::Resent::Queued) => {
+                    queued = true;
+                    Metrics::add(&self.context.metrics.notification_resends, 1);
+                    tracing::warn!(%clip_id, resends, "no confirm from the ingest in time; uploaded notification sent again");
+                }
+                Ok(resend::Resent::StillQueued) => {
+                    tracing::info!(%clip_id, "no confirm yet, but the uploaded notification has not left the outbox");
+                }
+                Ok(resend::Resent::Skipped(why)) => {
+                    tracing::debug!(%clip_id, %why, "no notification sent again");
+                }
+                Err(e) => {
+                    tracing::error!(%clip_id, error = %e, "sending the uploaded notification again")
+                }
+            }
+        }
+        self.schedule_confirm_check();
+        if queued {
+            (self.outbox_ready)();
+        }
+    }
+
+    /// The confirm watch's next check: its next due clip, or the periodic rescan.
+    fn schedule_confirm_check(&mut self) {
+        let rescan = Instant::now() + self.context.settings.rescan_interval;
+        self.confirm_check_at = self
+            .confirms
+            .next_due()
+            .map_or(rescan, |due| Instant::from_std(due).min(rescan));
     }
 
     /// Starts uploads of the oldest clips waiting, up to `concurrency`.
@@ -396,6 +481,8 @@ impl Scheduler {
             Ok(()) => {
                 self.clip_waits.remove(&clip_id);
                 self.store_wait = None;
+                // The clip now waits for its confirm: start its clock.
+                self.confirm_check_at = Instant::now();
                 return;
             }
             Err(error) => error,

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use capture_tests::fixtures::unique_name;
 use capture_tests::system::{REPLY_WAIT, System, SystemOptions, reply_clips};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -80,6 +81,15 @@ async fn the_agent_killed_at_random_moments_while_recording_loses_nothing() {
     assert_eq!(figures.orders, 10);
     assert_eq!(figures.faults, 10);
     assert_eq!(figures.completed + figures.failed, figures.clips);
+    // A clip fails only when the kill came before its first fragment reached the disk:
+    // "every clip failed" must not pass.
+    assert!(
+        figures.completed * 2 >= figures.clips,
+        "only {} of {} clips completed",
+        figures.completed,
+        figures.clips
+    );
+    assert_eq!(figures.accepted_on_station, figures.completed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +243,7 @@ async fn postgresql_crashed_and_restarted_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ingest_killed_and_restarted_loses_nothing() {
+async fn the_ingest_killed_and_replaced_under_a_new_client_id_loses_nothing() {
     let mut rng = rng("ingest kill");
     let mut system = System::start(SystemOptions::default())
         .await
@@ -244,10 +254,65 @@ async fn the_ingest_killed_and_restarted_loses_nothing() {
         system.ingest.kill().expect("ingest killed");
         system.ledger.faults += 1;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        system.ingest.restart().await.expect("ingest starts again");
+        // As a Deployment's replacement pod comes back: under another name. What the broker
+        // queued for the old session meanwhile stays there, never delivered.
+        let new_id = unique_name("ingest");
+        system
+            .ingest
+            .restart_as(&new_id)
+            .await
+            .expect("ingest starts again");
     }
-    let figures = audit(&mut system, "faults: ingest SIGKILL and restart, 3 runs").await;
+    let figures = audit(
+        &mut system,
+        "faults: ingest SIGKILL, replaced under a new id, 3 runs",
+    )
+    .await;
     assert_eq!((figures.orders, figures.completed), (3, 6));
+    assert_eq!(figures.accepted_on_station, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_replicas_killed_replaced_or_never_back_strand_no_notification() {
+    let mut system = System::start(SystemOptions::default())
+        .await
+        .expect("system");
+    // Two replicas share the notifications (Mosquitto hands them out in turn).
+    let mut gone = system.start_replica().await.expect("a second replica");
+    record(&mut system, "SO-REPLICA-1", 2.0).await;
+    // One replica dies and never comes back: its persistent session stays in the shared
+    // subscription, and the broker keeps queueing every other notification for it.
+    gone.kill().expect("replica killed");
+    system.ledger.faults += 1;
+    record(&mut system, "SO-REPLICA-2", 2.0).await;
+    record(&mut system, "SO-REPLICA-3", 2.0).await;
+    // The other is killed while notifications flow and replaced under a new client id.
+    system.ingest.kill().expect("ingest killed");
+    system.ledger.faults += 1;
+    record(&mut system, "SO-REPLICA-4", 2.0).await;
+    let new_id = unique_name("ingest");
+    system
+        .ingest
+        .restart_as(&new_id)
+        .await
+        .expect("the replacement starts");
+    record(&mut system, "SO-REPLICA-5", 2.0).await;
+    let figures = audit(
+        &mut system,
+        "faults: ingest replicas killed, replaced under a new id, never back",
+    )
+    .await;
+    assert_eq!((figures.orders, figures.completed), (5, 10));
+    assert_eq!(figures.accepted_on_station, 10);
+    // Notifications were stranded on the dead sessions, and sent again.
+    let resends = system
+        .agent
+        .metric("capture_notification_resends_total")
+        .await
+        .expect("metric");
+    println!("ingest replicas: {resends} notifications sent again");
+    assert!(resends >= 1.0, "no notification had to be sent again");
+    drop(gone);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
