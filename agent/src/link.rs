@@ -79,6 +79,7 @@ pub struct LinkHandle {
     flush: Arc<Notify>,
     connected: watch::Receiver<bool>,
     presence: Arc<Mutex<Presence>>,
+    in_flight: Arc<Mutex<InFlight>>,
 }
 
 /// The current retained presence payload, and whether it changed since it was last sent.
@@ -135,6 +136,7 @@ impl Link {
             flush: flush.clone(),
             connected,
             presence: presence.clone(),
+            in_flight: in_flight.clone(),
         };
         let poller = tokio::spawn(poll(
             eventloop,
@@ -192,6 +194,12 @@ impl LinkHandle {
             presence.changed = true;
         }
         self.flush.notify_one();
+    }
+
+    /// How many outbox rows (and presence messages) are with the MQTT client, waiting for
+    /// their PUBACK.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.in_flight).rows.len()
     }
 
     pub fn is_connected(&self) -> bool {

@@ -683,6 +683,29 @@ async fn a_full_spool_refuses_start_with_disk_full_keeps_every_clip_and_recovers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_status_after_start_reports_the_measured_free_disk() {
+    let broker = Mosquitto::start().await.expect("mosquitto");
+    // Subscribed before the agent exists, so the first status it sees is the first one sent.
+    let mut observer = MqttClient::connect(broker.host(), broker.port(), "observer-first", &[STATUS])
+        .await
+        .expect("observer");
+    let mut options = AgentOptions::new(broker.host(), broker.port());
+    options.cameras = vec!["top".to_owned()];
+    let agent = Agent::start(options).await.expect("the agent starts");
+    let first = observer
+        .next_json("the first status", STATUS, WAIT, |_| true)
+        .await
+        .expect("a status");
+    assert_eq!(first["state"], "online", "{first}");
+    let free = first["disk_free_bytes"].as_u64().expect("disk_free_bytes is a number");
+    assert!(
+        free > 0,
+        "the first retained status claims a full disk (disk_free_bytes {free}): {first}"
+    );
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_json_logs_describe_what_happened() {
     let (_broker, agent, mut line) = station(&["top"], |_| {}).await;
     let start = send(

@@ -228,3 +228,85 @@ async fn the_station_is_online_while_connected_and_offline_after_the_link_dies()
     let offline = next(&mut status).await;
     assert_eq!(offline.payload.as_ref(), br#"{"state":"offline"}"#);
 }
+
+/// The broker loses every session (no persistence) while the agent keeps deciding messages:
+/// more rows are handed to the client than its request channel holds, the broker comes back
+/// empty, and the link sends them again. A row may leave the outbox only after the PUBACK
+/// of the publish that carried it: every deleted row's message is at the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_broker_lost_the_session_only_rows_whose_message_was_delivered_are_deleted() {
+    const ROWS: usize = 200;
+    let mut broker = Mosquitto::start_without_persistence().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("spool.db")).unwrap();
+    let (inbound, _commands) = mpsc::unbounded_channel();
+    let link = Link::start(settings(&broker), spool.clone(), inbound);
+    let mut handle = link.handle();
+    handle.connected().await;
+
+    broker.stop().await.unwrap();
+    // One retained message per row, each on its own topic: what the broker acknowledged is
+    // what it holds, whoever subscribes later.
+    spool
+        .call(|c| {
+            for n in 0..ROWS {
+                outbox::push(
+                    c,
+                    &OutboxMessage::new(format!("test/row/{n}"), n.to_string().into_bytes(), true),
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    handle.flush();
+    // The link hands rows to its client while the broker is away, up to what the client's
+    // request channel (64) takes.
+    wait_until("rows handed to the client while the broker is down", DEADLINE, || {
+        let handle = handle.clone();
+        async move { Ok((handle.in_flight() >= 64).then_some(())) }
+    })
+    .await
+    .unwrap();
+
+    broker.restart().await.unwrap();
+    // Cut the link as soon as the first rows leave the outbox, while most are in flight.
+    wait_until("the first rows acknowledged after the restart", DEADLINE, || {
+        let spool = spool.clone();
+        async move { Ok((outbox_len(&spool).await < ROWS as i64).then_some(())) }
+    })
+    .await
+    .unwrap();
+    link.shutdown();
+
+    let left: std::collections::BTreeSet<usize> = spool
+        .call(|c| outbox::pending(c, ROWS))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| String::from_utf8(p.message.payload).unwrap().parse().unwrap())
+        .collect();
+    let deleted: std::collections::BTreeSet<usize> =
+        (0..ROWS).filter(|n| !left.contains(n)).collect();
+    assert!(!deleted.is_empty());
+    let (_checker, mut held) = observer(&broker, "checker", &["test/row/#"]).await;
+    let mut at_broker = std::collections::BTreeSet::new();
+    let mut missing: Vec<usize> = deleted.iter().copied().collect();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !missing.is_empty() {
+        match tokio::time::timeout_at(until, held.recv()).await {
+            Ok(Some(message)) => {
+                at_broker.insert(String::from_utf8_lossy(&message.payload).parse::<usize>().unwrap());
+                missing.retain(|n| !at_broker.contains(n));
+            }
+            _ => break,
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} deleted rows were never delivered: {missing:?} (the broker holds {} rows)",
+        missing.len(),
+        deleted.len(),
+        at_broker.len()
+    );
+}
