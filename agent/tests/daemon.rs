@@ -458,7 +458,9 @@ async fn commands_over_64_kib_get_bad_request_and_the_station_stays_online() {
         .await
         .expect("watcher");
     watcher
-        .next_json("the retained status", STATUS, WAIT, |s| s["state"] == "online")
+        .next_json("the retained status", STATUS, WAIT, |s| {
+            s["state"] == "online"
+        })
         .await
         .expect("online");
     for (n, size) in [(1, 100 << 10), (2, 200 << 10), (3, 2 << 20)] {
@@ -469,9 +471,12 @@ async fn commands_over_64_kib_get_bad_request_and_the_station_stays_online() {
             "mosquitto_pub of {size} bytes: {published:?}"
         );
         let refused = line
-            .next_json(&format!("the reply to the {size}-byte start"), REPLY, WAIT, |r| {
-                r["id"].is_null()
-            })
+            .next_json(
+                &format!("the reply to the {size}-byte start"),
+                REPLY,
+                WAIT,
+                |r| r["id"].is_null(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_tail(30)));
         assert_error(&refused, "bad_request");
@@ -480,7 +485,11 @@ async fn commands_over_64_kib_get_bad_request_and_the_station_stays_online() {
             message.contains(&command.len().to_string()) && message.contains("65536"),
             "the message names the size and the limit: {refused}"
         );
-        let pong = send(&mut line, json!({"v":1,"id":format!("ping-{n}"),"op":"ping"})).await;
+        let pong = send(
+            &mut line,
+            json!({"v":1,"id":format!("ping-{n}"),"op":"ping"}),
+        )
+        .await;
         assert_ok(&pong);
     }
     let seen = watcher.drain(Duration::ZERO).await;
@@ -762,9 +771,10 @@ async fn a_full_spool_refuses_start_with_disk_full_keeps_every_clip_and_recovers
 async fn the_first_status_after_start_reports_the_measured_free_disk() {
     let broker = Mosquitto::start().await.expect("mosquitto");
     // Subscribed before the agent exists, so the first status it sees is the first one sent.
-    let mut observer = MqttClient::connect(broker.host(), broker.port(), "observer-first", &[STATUS])
-        .await
-        .expect("observer");
+    let mut observer =
+        MqttClient::connect(broker.host(), broker.port(), "observer-first", &[STATUS])
+            .await
+            .expect("observer");
     let mut options = AgentOptions::new(broker.host(), broker.port());
     options.cameras = vec!["top".to_owned()];
     let agent = Agent::start(options).await.expect("the agent starts");
@@ -773,7 +783,9 @@ async fn the_first_status_after_start_reports_the_measured_free_disk() {
         .await
         .expect("a status");
     assert_eq!(first["state"], "online", "{first}");
-    let free = first["disk_free_bytes"].as_u64().expect("disk_free_bytes is a number");
+    let free = first["disk_free_bytes"]
+        .as_u64()
+        .expect("disk_free_bytes is a number");
     assert!(
         free > 0,
         "the first retained status claims a full disk (disk_free_bytes {free}): {first}"

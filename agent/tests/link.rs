@@ -354,10 +354,14 @@ async fn after_the_broker_lost_the_session_only_rows_whose_message_was_delivered
     handle.flush();
     // The link hands rows to its client while the broker is away, as many as the client's
     // request channel takes.
-    wait_until("rows handed to the client while the broker is down", DEADLINE, || {
-        let handle = handle.clone();
-        async move { Ok((handle.in_flight() >= 64).then_some(())) }
-    })
+    wait_until(
+        "rows handed to the client while the broker is down",
+        DEADLINE,
+        || {
+            let handle = handle.clone();
+            async move { Ok((handle.in_flight() >= 64).then_some(())) }
+        },
+    )
     .await
     .unwrap();
 
@@ -369,7 +373,11 @@ async fn after_the_broker_lost_the_session_only_rows_whose_message_was_delivered
     let mut at_broker = std::collections::BTreeSet::new();
     while at_broker.len() < DELIVERED {
         let message = next(&mut held).await;
-        at_broker.insert(String::from_utf8_lossy(&message.payload).parse::<usize>().unwrap());
+        at_broker.insert(
+            String::from_utf8_lossy(&message.payload)
+                .parse::<usize>()
+                .unwrap(),
+        );
     }
     // Their PUBACKs let the link delete exactly those rows, and no other.
     let at_broker = std::sync::Arc::new(at_broker);
@@ -381,7 +389,12 @@ async fn after_the_broker_lost_the_session_only_rows_whose_message_was_delivered
                 .call(|c| outbox::pending(c, ROWS))
                 .await?
                 .into_iter()
-                .map(|p| String::from_utf8(p.message.payload).unwrap().parse().unwrap())
+                .map(|p| {
+                    String::from_utf8(p.message.payload)
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
                 .collect();
             let deleted: Vec<usize> = (0..ROWS).filter(|n| !left.contains(n)).collect();
             let wrong: Vec<usize> = deleted
@@ -406,7 +419,10 @@ async fn after_the_broker_lost_the_session_only_rows_whose_message_was_delivered
         )
     });
     assert_eq!(
-        deleted.iter().copied().collect::<std::collections::BTreeSet<_>>(),
+        deleted
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
         *at_broker
     );
 }
