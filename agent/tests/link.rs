@@ -241,8 +241,10 @@ struct PublishGate {
 
 impl PublishGate {
     async fn start(broker: &Mosquitto) -> PublishGate {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port for the gate");
+        let port = listener.local_addr().expect("the gate's port").port();
         let budget = std::sync::Arc::new(std::sync::Mutex::new(None));
         let upstream = (broker.host().to_owned(), broker.port());
         let shared = budget.clone();
@@ -268,7 +270,7 @@ impl PublishGate {
 
     /// From now on, forward only `n` more PUBLISH packets from the link.
     fn allow(&self, n: usize) {
-        *self.budget.lock().unwrap() = Some(n);
+        *self.budget.lock().expect("the gate's budget") = Some(n);
     }
 }
 
@@ -300,7 +302,7 @@ async fn gate_publishes(
         let mut body = vec![0; remaining];
         from.read_exact(&mut body).await?;
         let pass = first >> 4 != 3
-            || match &mut *budget.lock().unwrap() {
+            || match &mut *budget.lock().expect("the gate's budget") {
                 None => true,
                 Some(0) => false,
                 Some(n) => {
