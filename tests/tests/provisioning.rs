@@ -1050,11 +1050,25 @@ async fn the_inventory_becomes_a_prometheus_target_list_with_device_station_and_
 }
 
 /// `mosquitto_pub` as the line's integrator runs it: QoS 1, the message from a file.
-fn line_publish(port: u16, password: &str, topic: &str, payload: &[u8]) -> Result<std::process::Output> {
+fn line_publish(
+    port: u16,
+    password: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Result<std::process::Output> {
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), payload)?;
     Ok(std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "line-dev", "-P", password])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            "line-dev",
+            "-P",
+            password,
+        ])
         .args(["-i", "line-integrator", "-q", "1", "-t", topic, "-f"])
         .arg(file.path())
         .output()?)
@@ -1096,7 +1110,10 @@ async fn a_provisioned_broker_bounds_commands_and_an_oversized_one_leaves_the_st
     })?;
     fleet.write_inventory(&[["127.0.0.1:9", "pi-01", "pack-01", "dev", "top=test"]])?;
     let (code, output) = fleet.provision(&["--broker-only"]).await?;
-    ensure!(code == 0, "provision --broker-only exited {code}:\n{output}");
+    ensure!(
+        code == 0,
+        "provision --broker-only exited {code}:\n{output}"
+    );
     let limits = std::fs::read_to_string(fleet.path("limits.conf"))
         .with_context(|| format!("provisioning wrote no limits file:\n{output}"))?;
     assert!(limits.contains("\nmax_packet_size 1048576\n"), "{limits}");
@@ -1117,8 +1134,14 @@ async fn a_provisioned_broker_bounds_commands_and_an_oversized_one_leaves_the_st
     let cmd = "cap/dev/station/pack-01/cmd";
     let big = oversized_start("big-1", 200 << 10);
     let published = line_publish(broker.port(), &line_password, cmd, &big)?;
-    ensure!(published.status.success(), "mosquitto_pub of 200 KiB: {published:?}");
-    let (_, reply) = line.next_publish().await.with_context(|| agent.log_tail(30))?;
+    ensure!(
+        published.status.success(),
+        "mosquitto_pub of 200 KiB: {published:?}"
+    );
+    let (_, reply) = line
+        .next_publish()
+        .await
+        .with_context(|| agent.log_tail(30))?;
     let reply: serde_json::Value = serde_json::from_str(&reply)?;
     assert_eq!(reply["id"], serde_json::Value::Null, "{reply}");
     assert_eq!(reply["error"]["code"], "bad_request", "{reply}");
@@ -1132,10 +1155,19 @@ async fn a_provisioned_broker_bounds_commands_and_an_oversized_one_leaves_the_st
 
     let ping = serde_json::json!({"v":1,"id":"ping-1","op":"ping"}).to_string();
     let published = line_publish(broker.port(), &line_password, cmd, ping.as_bytes())?;
-    ensure!(published.status.success(), "mosquitto_pub of a ping: {published:?}");
-    let (_, pong) = line.next_publish().await.with_context(|| agent.log_tail(30))?;
+    ensure!(
+        published.status.success(),
+        "mosquitto_pub of a ping: {published:?}"
+    );
+    let (_, pong) = line
+        .next_publish()
+        .await
+        .with_context(|| agent.log_tail(30))?;
     let pong: serde_json::Value = serde_json::from_str(&pong)?;
-    assert_eq!(pong["id"], "ping-1", "the 2 MiB command reached the station: {pong}");
+    assert_eq!(
+        pong["id"], "ping-1",
+        "the 2 MiB command reached the station: {pong}"
+    );
     assert_eq!(pong["ok"], true, "{pong}");
     // The 2 MiB command never reached the station, and it never went offline.
     while let Ok(packet) = watcher.events.try_recv() {
@@ -1145,7 +1177,8 @@ async fn a_provisioned_broker_bounds_commands_and_an_oversized_one_leaves_the_st
     }
     let seen = std::mem::take(&mut watcher.received);
     assert!(
-        seen.iter().all(|(_, p)| !p.contains(r#""state":"offline""#)),
+        seen.iter()
+            .all(|(_, p)| !p.contains(r#""state":"offline""#)),
         "{seen:?}"
     );
     Ok(())
