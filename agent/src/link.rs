@@ -34,12 +34,22 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
-    Publish, QoS,
+    Publish, QoS, Request,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::spool::{Spool, outbox};
+
+mod relay;
+
+/// The largest incoming MQTT packet the agent reads (its remaining length: everything after
+/// the fixed header). A PUBLISH over it is cut by the [`relay`] before anyone reads it and
+/// handed on with an empty payload; [`LinkHandle::unread_payload`] tells its size. Brokers
+/// should refuse packets well above it (provisioning writes `max_packet_size 1048576`).
+pub const MAX_INCOMING_PACKET_BYTES: usize = 128 << 10;
+/// The largest packet the agent sends.
+const MAX_OUTGOING_PACKET_BYTES: usize = 128 << 10;
 
 /// How to reach the broker and what to say on connect.
 #[derive(Debug, Clone)]
@@ -62,6 +72,18 @@ pub struct LinkSettings {
 
 /// Bookkeeping shared by the two tasks: which outbox rows are with rumqttc, under which
 /// packet id.
+///
+/// rumqttc tells which packet id a publish got (`Outgoing::Publish(pkid)`) but not which
+/// request it was: the link relies on the order. The publisher hands requests over one at a
+/// time, under this lock (`try_publish`), so `awaiting_pkid` is in the order rumqttc sends
+/// them, and the next first-time publish always belongs to its front. What rumqttc may drop
+/// breaks that order unless it is taken out here too: on a connection error rumqttc moves
+/// what it held and what was in its request channel to its `pending` queue, and clears that
+/// queue when the next broker has no session. Requests handed over after the error are still
+/// in the channel and are sent in the new session. So at every error the poll task counts
+/// the requests of `awaiting_pkid` now in `pending` (its front), and at a ConnAck without
+/// session it forgets exactly those and every packet id: their rows go back to the outbox's
+/// to-send list, the others keep their place.
 #[derive(Debug, Default)]
 struct InFlight {
     /// Outbox rows handed to the client, in the order they were handed over; the next
@@ -70,6 +92,49 @@ struct InFlight {
     by_pkid: HashMap<u16, i64>,
     /// Every row with the client (with or without packet id yet), not to be handed twice.
     rows: HashSet<i64>,
+    /// How many of the front of `awaiting_pkid` sat in rumqttc's `pending` queue at the last
+    /// connection error: lost if the broker comes back without the session.
+    in_pending: usize,
+}
+
+impl InFlight {
+    /// After a connection error: counts the handed-over requests now in rumqttc's `pending`
+    /// queue. A publish whose packet id the link never saw (its event was still buffered) is
+    /// one of them: its event is dropped, and the publish counts as not sent.
+    fn note_connection_lost(&mut self, eventloop: &mut EventLoop) {
+        eventloop
+            .state
+            .events
+            .retain(|event| !matches!(event, Event::Outgoing(Outgoing::Publish(_))));
+        self.in_pending = eventloop
+            .pending
+            .iter()
+            .filter(|request| match request {
+                Request::Publish(publish) => {
+                    publish.qos != QoS::AtMostOnce && !self.by_pkid.contains_key(&publish.pkid)
+                }
+                _ => false,
+            })
+            .count()
+            .min(self.awaiting_pkid.len());
+    }
+
+    /// After a ConnAck: when the broker has no session, rumqttc dropped its `pending` queue,
+    /// and the packet ids of the old session mean nothing. Those rows are sent again from the
+    /// outbox; the requests handed over since the error stay in line.
+    fn on_connack(&mut self, session_present: bool) {
+        if !session_present {
+            let lost: Vec<i64> = self
+                .awaiting_pkid
+                .drain(..self.in_pending)
+                .chain(self.by_pkid.drain().map(|(_, seq)| seq))
+                .collect();
+            for seq in lost {
+                self.rows.remove(&seq);
+            }
+        }
+        self.in_pending = 0;
+    }
 }
 
 /// Handle to a running link.
@@ -79,6 +144,9 @@ pub struct LinkHandle {
     flush: Arc<Notify>,
     connected: watch::Receiver<bool>,
     presence: Arc<Mutex<Presence>>,
+    in_flight: Arc<Mutex<InFlight>>,
+    /// Incoming messages the relay cut for being over [`MAX_INCOMING_PACKET_BYTES`].
+    cuts: relay::Cuts,
 }
 
 /// The current retained presence payload, and whether it changed since it was last sent.
@@ -102,12 +170,35 @@ impl Link {
         spool: Spool,
         inbound: mpsc::UnboundedSender<Publish>,
     ) -> Link {
-        let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+        let cuts = relay::Cuts::default();
+        let mut tasks = Vec::new();
+        let mut options = match relay_for(&settings) {
+            Some((relay, upstream)) => {
+                let options =
+                    MqttOptions::new(&settings.client_id, relay.socket().display().to_string(), 0);
+                tasks.push(tokio::spawn(relay.serve(
+                    upstream,
+                    MAX_INCOMING_PACKET_BYTES,
+                    cuts.clone(),
+                )));
+                let mut options = options;
+                options.set_transport(rumqttc::Transport::Unix);
+                options
+            }
+            None => {
+                let mut options =
+                    MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+                if let Some(tls) = &settings.tls {
+                    options.set_transport(rumqttc::Transport::tls_with_config(tls.clone()));
+                }
+                options
+            }
+        };
         options
             .set_keep_alive(settings.keep_alive)
             .set_clean_session(false)
             .set_manual_acks(true)
-            .set_max_packet_size(128 << 10, 128 << 10)
+            .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES)
             .set_last_will(LastWill::new(
                 &settings.offline.0,
                 settings.offline.1.clone(),
@@ -116,9 +207,6 @@ impl Link {
             ));
         if let Some((user, password)) = &settings.credentials {
             options.set_credentials(user, password);
-        }
-        if let Some(tls) = &settings.tls {
-            options.set_transport(rumqttc::Transport::tls_with_config(tls.clone()));
         }
         let (client, eventloop) = AsyncClient::new(options, 64);
         let (connected_tx, connected) = watch::channel(false);
@@ -135,6 +223,8 @@ impl Link {
             flush: flush.clone(),
             connected,
             presence: presence.clone(),
+            in_flight: in_flight.clone(),
+            cuts,
         };
         let poller = tokio::spawn(poll(
             eventloop,
@@ -148,10 +238,8 @@ impl Link {
         let publisher = tokio::spawn(publish(
             client, settings, spool, flush, presence, session_rx, acked_rx, in_flight,
         ));
-        Link {
-            handle,
-            tasks: vec![poller, publisher],
-        }
+        tasks.extend([poller, publisher]);
+        Link { handle, tasks }
     }
 
     pub fn handle(&self) -> LinkHandle {
@@ -174,6 +262,13 @@ impl LinkHandle {
         self.client.ack(publish).await
     }
 
+    /// The size of the payload `publish` had, when it was over the packet limit and was
+    /// dropped unread (the publish then arrives with an empty payload). Answers once per
+    /// delivery.
+    pub fn unread_payload(&self, publish: &Publish) -> Option<usize> {
+        self.cuts.take(publish)
+    }
+
     /// Asks the publisher to send what the outbox holds now (after a spool commit).
     pub fn flush(&self) {
         self.flush.notify_one();
@@ -194,6 +289,12 @@ impl LinkHandle {
         self.flush.notify_one();
     }
 
+    /// How many outbox rows (and presence messages) are with the MQTT client, waiting for
+    /// their PUBACK.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.in_flight).rows.len()
+    }
+
     pub fn is_connected(&self) -> bool {
         *self.connected.borrow()
     }
@@ -206,6 +307,36 @@ impl LinkHandle {
     /// A clean goodbye: the broker does not publish the last will.
     pub async fn disconnect(&self) -> Result<(), rumqttc::ClientError> {
         self.client.disconnect().await
+    }
+}
+
+/// The relay the client connects through, bound, and where it relays to. None (the client
+/// then connects to the broker itself, and an oversized packet drops the connection) when
+/// the socket cannot be made or the TLS configuration is not a rustls one.
+fn relay_for(settings: &LinkSettings) -> Option<(relay::Relay, relay::Upstream)> {
+    let tls = match &settings.tls {
+        None => None,
+        Some(rumqttc::TlsConfiguration::Rustls(config)) => Some(config.clone()),
+        Some(_) => {
+            tracing::warn!(
+                "TLS not configured through rustls: connecting without the packet relay"
+            );
+            return None;
+        }
+    };
+    match relay::Relay::bind() {
+        Ok(relay) => Some((
+            relay,
+            relay::Upstream {
+                host: settings.host.clone(),
+                port: settings.port,
+                tls,
+            },
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make the MQTT relay's socket: connecting without it; a message over the packet limit will drop the connection");
+            None
+        }
     }
 }
 
@@ -228,10 +359,9 @@ async fn poll(
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 backoff = Duration::from_millis(100);
                 tracing::info!(session_present = connack.session_present, "mqtt connected");
-                if !connack.session_present {
-                    // rumqttc dropped whatever it still held: the outbox sends it again.
-                    *lock(&in_flight) = InFlight::default();
-                }
+                // Without a session rumqttc dropped what it still held: the outbox sends it
+                // again.
+                lock(&in_flight).on_connack(connack.session_present);
                 subacks_due = subscriptions;
                 if subacks_due == 0 {
                     connected.send_replace(true);
@@ -263,6 +393,7 @@ async fn poll(
             }
             Ok(_) => {}
             Err(error) => {
+                lock(&in_flight).note_connection_lost(&mut eventloop);
                 if connected.send_replace(false) {
                     tracing::warn!(error = %error, "mqtt connection lost; reconnecting");
                 } else if !matches!(error, ConnectionError::Io(_)) {
@@ -310,14 +441,19 @@ async fn publish(
             _ = flush.notified() => {}
             _ = tick.tick() => {}
         }
-        if connected && let Some(payload) = changed_presence(&presence) {
-            lock(&in_flight).awaiting_pkid.push_back(PRESENCE);
-            if let Err(e) = client
-                .publish(&settings.online.0, QoS::AtLeastOnce, true, payload)
-                .await
-            {
-                tracing::warn!(error = %e, "publishing the status");
-            }
+        if connected
+            && let Some(payload) = changed_presence(&presence)
+            && !hand_over(
+                &client,
+                &in_flight,
+                PRESENCE,
+                &settings.online.0,
+                true,
+                payload,
+            )
+        {
+            // The client's queue is full: the next round sends the status.
+            mark_presence_changed(&presence);
         }
         if connected && let Err(e) = send_outbox(&client, &spool, &in_flight).await {
             tracing::warn!(error = %e, "publishing the outbox");
@@ -357,14 +493,58 @@ async fn on_connect(
         presence.payload.clone()
     };
     // Its packet id must not be taken for an outbox row's.
-    lock(in_flight).awaiting_pkid.push_back(PRESENCE);
-    client
-        .publish(&settings.online.0, QoS::AtLeastOnce, true, payload)
-        .await
-        .is_ok()
+    if !hand_over(
+        client,
+        in_flight,
+        PRESENCE,
+        &settings.online.0,
+        true,
+        payload,
+    ) {
+        mark_presence_changed(presence);
+    }
+    true
 }
 
-/// Hands every outbox row not yet with the client to it, oldest first.
+fn mark_presence_changed(presence: &Mutex<Presence>) {
+    presence
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .changed = true;
+}
+
+/// Hands one QoS 1 publish to the client and records whose it is, in one step under the
+/// lock (see [`InFlight`]). False when the client's request queue is full (the broker is
+/// away or slow): the row stays in the outbox's to-send list for the next round.
+fn hand_over(
+    client: &AsyncClient,
+    in_flight: &Mutex<InFlight>,
+    seq: i64,
+    topic: &str,
+    retain: bool,
+    payload: Vec<u8>,
+) -> bool {
+    let mut state = lock(in_flight);
+    if seq != PRESENCE && state.rows.contains(&seq) {
+        return true;
+    }
+    match client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
+        Ok(()) => {
+            state.awaiting_pkid.push_back(seq);
+            if seq != PRESENCE {
+                state.rows.insert(seq);
+            }
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, seq, "the MQTT client's queue is full; sending later");
+            false
+        }
+    }
+}
+
+/// Hands every outbox row not yet with the client to it, oldest first, as far as the
+/// client's request queue takes them.
 async fn send_outbox(
     client: &AsyncClient,
     spool: &Spool,
@@ -372,23 +552,17 @@ async fn send_outbox(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let pending = spool.call(|c| outbox::pending(c, 256)).await?;
     for row in pending {
-        {
-            let mut state = lock(in_flight);
-            if !state.rows.insert(row.seq) {
-                continue;
-            }
-            // Recorded before the request exists, so the event loop always finds it.
-            state.awaiting_pkid.push_back(row.seq);
-        }
         let message = row.message;
-        client
-            .publish(
-                message.topic,
-                QoS::AtLeastOnce,
-                message.retain,
-                message.payload,
-            )
-            .await?;
+        if !hand_over(
+            client,
+            in_flight,
+            row.seq,
+            &message.topic,
+            message.retain,
+            message.payload,
+        ) {
+            break;
+        }
     }
     Ok(())
 }

@@ -421,6 +421,91 @@ async fn bad_input_gets_the_documented_error_and_changes_nothing() {
     assert!(!agent.log().contains("panicked"), "no panic in the log");
 }
 
+/// A `start` whose `meta` grew to `size` bytes of JSON (a bug in the line).
+fn oversized_start(id: &str, size: usize) -> Vec<u8> {
+    let mut command = json!({"v":1,"id":id,"op":"start","order":"SO-BIG","meta":{"notes":""}})
+        .to_string()
+        .into_bytes();
+    let filler = size.saturating_sub(command.len());
+    let at = command.len() - 3; // inside the empty "notes" string
+    command.splice(at..at, std::iter::repeat_n(b'x', filler));
+    assert_eq!(command.len(), size);
+    command
+}
+
+/// Publishes `payload` to `topic` exactly as a line integrator would: `mosquitto_pub`, QoS 1,
+/// the message from a file.
+fn mosquitto_pub(broker: &Mosquitto, topic: &str, payload: &[u8]) -> std::process::Output {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), payload).expect("the command file");
+    std::process::Command::new("mosquitto_pub")
+        .args(["-h", broker.host(), "-p", &broker.port().to_string()])
+        .args(["-i", "line-integrator", "-q", "1", "-t", topic, "-f"])
+        .arg(file.path())
+        .output()
+        .expect("mosquitto_pub runs")
+}
+
+/// One command over 64 KiB must not take a station offline: each gets `bad_request` with
+/// `"id": null` (it is refused without being read), the broker stops redelivering it, and a
+/// `ping` right after is answered. 100 KiB is read whole and refused by size; 200 KiB and
+/// 2 MiB are over the link's packet limit (128 KiB) and cut before they are read. The broker
+/// is Mosquitto as Debian ships it: no `max_packet_size`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_over_64_kib_get_bad_request_and_the_station_stays_online() {
+    let (broker, agent, mut line) = station(&["top"], |_| {}).await;
+    let mut watcher = MqttClient::connect(broker.host(), broker.port(), "watcher-big", &[STATUS])
+        .await
+        .expect("watcher");
+    watcher
+        .next_json("the retained status", STATUS, WAIT, |s| {
+            s["state"] == "online"
+        })
+        .await
+        .expect("online");
+    for (n, size) in [(1, 100 << 10), (2, 200 << 10), (3, 2 << 20)] {
+        let command = oversized_start(&format!("big-{n}"), size);
+        let published = mosquitto_pub(&broker, CMD, &command);
+        assert!(
+            published.status.success(),
+            "mosquitto_pub of {size} bytes: {published:?}"
+        );
+        let refused = line
+            .next_json(
+                &format!("the reply to the {size}-byte start"),
+                REPLY,
+                WAIT,
+                |r| r["id"].is_null(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_tail(30)));
+        assert_error(&refused, "bad_request");
+        let message = refused["error"]["message"].as_str().expect("a message");
+        assert!(
+            message.contains(&command.len().to_string()) && message.contains("65536"),
+            "the message names the size and the limit: {refused}"
+        );
+        let pong = send(
+            &mut line,
+            json!({"v":1,"id":format!("ping-{n}"),"op":"ping"}),
+        )
+        .await;
+        assert_ok(&pong);
+    }
+    let seen = watcher.drain(Duration::ZERO).await;
+    let offline: Vec<_> = seen
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .filter(|p| p.contains("offline"))
+        .collect();
+    assert!(offline.is_empty(), "the station went offline: {offline:?}");
+    assert!(
+        !agent.log().contains("payload size limit exceeded"),
+        "{}",
+        agent.log_tail(30)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_command_has_one_effect_and_the_same_reply() {
     let (_broker, agent, mut line) = station(&["top"], |_| {}).await;
@@ -680,6 +765,32 @@ async fn a_full_spool_refuses_start_with_disk_full_keeps_every_clip_and_recovers
         )
         .await,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_status_after_start_reports_the_measured_free_disk() {
+    let broker = Mosquitto::start().await.expect("mosquitto");
+    // Subscribed before the agent exists, so the first status it sees is the first one sent.
+    let mut observer =
+        MqttClient::connect(broker.host(), broker.port(), "observer-first", &[STATUS])
+            .await
+            .expect("observer");
+    let mut options = AgentOptions::new(broker.host(), broker.port());
+    options.cameras = vec!["top".to_owned()];
+    let agent = Agent::start(options).await.expect("the agent starts");
+    let first = observer
+        .next_json("the first status", STATUS, WAIT, |_| true)
+        .await
+        .expect("a status");
+    assert_eq!(first["state"], "online", "{first}");
+    let free = first["disk_free_bytes"]
+        .as_u64()
+        .expect("disk_free_bytes is a number");
+    assert!(
+        free > 0,
+        "the first retained status claims a full disk (disk_free_bytes {free}): {first}"
+    );
+    drop(agent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

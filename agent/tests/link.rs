@@ -228,3 +228,203 @@ async fn the_station_is_online_while_connected_and_offline_after_the_link_dies()
     let offline = next(&mut status).await;
     assert_eq!(offline.payload.as_ref(), br#"{"state":"offline"}"#);
 }
+
+/// A TCP relay between the link and the broker that can stop passing the link's PUBLISH
+/// packets: once `budget` is set, it forwards that many more and drops the rest (everything
+/// else, PINGREQ and PUBACK included, still passes), so the broker never receives them and
+/// the test knows exactly which messages were delivered.
+struct PublishGate {
+    port: u16,
+    budget: std::sync::Arc<std::sync::Mutex<Option<usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PublishGate {
+    async fn start(broker: &Mosquitto) -> PublishGate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port for the gate");
+        let port = listener.local_addr().expect("the gate's port").port();
+        let budget = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let upstream = (broker.host().to_owned(), broker.port());
+        let shared = budget.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((link, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let budget = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(broker) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (from_link, mut to_link) = link.into_split();
+                    let (mut from_broker, to_broker) = broker.into_split();
+                    tokio::select! {
+                        _ = gate_publishes(from_link, to_broker, budget) => {}
+                        _ = tokio::io::copy(&mut from_broker, &mut to_link) => {}
+                    }
+                });
+            }
+        });
+        PublishGate { port, budget, task }
+    }
+
+    /// From now on, forward only `n` more PUBLISH packets from the link.
+    fn allow(&self, n: usize) {
+        *self.budget.lock().expect("the gate's budget") = Some(n);
+    }
+}
+
+impl Drop for PublishGate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn gate_publishes(
+    from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    budget: std::sync::Arc<std::sync::Mutex<Option<usize>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut from = tokio::io::BufReader::new(from);
+    loop {
+        let first = from.read_u8().await?;
+        let mut header = vec![first];
+        let mut remaining = 0usize;
+        for shift in [0, 7, 14, 21] {
+            let byte = from.read_u8().await?;
+            header.push(byte);
+            remaining |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; remaining];
+        from.read_exact(&mut body).await?;
+        let pass = first >> 4 != 3
+            || match &mut *budget.lock().expect("the gate's budget") {
+                None => true,
+                Some(0) => false,
+                Some(n) => {
+                    *n -= 1;
+                    true
+                }
+            };
+        if pass {
+            to.write_all(&header).await?;
+            to.write_all(&body).await?;
+        }
+    }
+}
+
+/// The broker loses every session (no persistence) while the agent keeps deciding messages:
+/// more rows are handed to the client than its request channel holds (64), the broker comes
+/// back empty, and the link sends them again. A row may leave the outbox only after the
+/// PUBACK of the publish that carried it: every deleted row's message is at the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_broker_lost_the_session_only_rows_whose_message_was_delivered_are_deleted() {
+    const ROWS: usize = 200;
+    const DELIVERED: usize = 40;
+    let mut broker = Mosquitto::start_without_persistence().await.unwrap();
+    let gate = PublishGate::start(&broker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("spool.db")).unwrap();
+    let (inbound, _commands) = mpsc::unbounded_channel();
+    let mut through_gate = settings(&broker);
+    through_gate.port = gate.port;
+    let link = Link::start(through_gate, spool.clone(), inbound);
+    let mut handle = link.handle();
+    tokio::time::timeout(DEADLINE, handle.connected())
+        .await
+        .expect("the link connects through the gate");
+
+    broker.stop().await.unwrap();
+    // One retained message per row, each on its own topic: what the broker acknowledged is
+    // what it holds, whoever subscribes later.
+    spool
+        .call(|c| {
+            for n in 0..ROWS {
+                outbox::push(
+                    c,
+                    &OutboxMessage::new(format!("test/row/{n}"), n.to_string().into_bytes(), true),
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    handle.flush();
+    // The link hands rows to its client while the broker is away, as many as the client's
+    // request channel takes.
+    wait_until(
+        "rows handed to the client while the broker is down",
+        DEADLINE,
+        || {
+            let handle = handle.clone();
+            async move { Ok((handle.in_flight() >= 64).then_some(())) }
+        },
+    )
+    .await
+    .unwrap();
+
+    // The broker returns without the session and receives only the first DELIVERED publishes
+    // the link sends.
+    gate.allow(DELIVERED);
+    broker.restart().await.unwrap();
+    let (_checker, mut held) = observer(&broker, "checker", &["test/row/#"]).await;
+    let mut at_broker = std::collections::BTreeSet::new();
+    while at_broker.len() < DELIVERED {
+        let message = next(&mut held).await;
+        at_broker.insert(
+            String::from_utf8_lossy(&message.payload)
+                .parse::<usize>()
+                .unwrap(),
+        );
+    }
+    // Their PUBACKs let the link delete exactly those rows, and no other.
+    let at_broker = std::sync::Arc::new(at_broker);
+    let deleted = wait_until("the acknowledged rows deleted", DEADLINE, || {
+        let spool = spool.clone();
+        let at_broker = at_broker.clone();
+        async move {
+            let left: std::collections::BTreeSet<usize> = spool
+                .call(|c| outbox::pending(c, ROWS))
+                .await?
+                .into_iter()
+                .map(|p| {
+                    String::from_utf8(p.message.payload)
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            let deleted: Vec<usize> = (0..ROWS).filter(|n| !left.contains(n)).collect();
+            let wrong: Vec<usize> = deleted
+                .iter()
+                .copied()
+                .filter(|n| !at_broker.contains(n))
+                .collect();
+            anyhow::ensure!(
+                wrong.is_empty(),
+                "rows deleted although their message never reached the broker: {wrong:?}"
+            );
+            Ok((deleted.len() == DELIVERED).then_some(deleted))
+        }
+    })
+    .await;
+    link.shutdown();
+    let left = outbox_len(&spool).await;
+    let deleted = deleted.unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: {} rows deleted for the {DELIVERED} the broker received and acknowledged",
+            ROWS as i64 - left
+        )
+    });
+    assert_eq!(
+        deleted
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        *at_broker
+    );
+}

@@ -24,6 +24,14 @@ not listed. What each account may do (the MQTT protocol v1 of docs/protocol.md):
                              write cap/E/device/+/confirm
     monitor (this script)    read  cap/E/station/+/status
 
+Limits. `limits_file` (default `limits.conf` beside the ACL) holds the Mosquitto options the
+fleet needs, for the broker's configuration to include (`include_dir`): `max_packet_size`, so
+that a broken sender cannot hand the broker (and the stations) arbitrarily large packets. The
+agent reads every packet up to MAX_INCOMING_PACKET_BYTES (128 KiB) and cuts larger ones unread,
+answering `bad_request` (docs/protocol.md, "Size limits"); the broker refuses packets over
+BROKER_MAX_PACKET_BYTES and disconnects their sender. Generated like the ACL: same inputs,
+same bytes.
+
 Mosquitto's acl_file checks every delivery, not the SUBSCRIBE itself: a device may subscribe
 to `#` (the SUBACK grants it) but is delivered only what its read entries allow.
 """
@@ -37,6 +45,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ConfigError, write_private
+
+
+# The whole MQTT packet, header included. Far above every message of the protocol (commands are
+# refused over 64 KiB, the agent sends at most 128 KiB), so an oversized command still reaches
+# its station and is answered `bad_request`; low enough that no sender can make the broker
+# buffer hundreds of MiB.
+BROKER_MAX_PACKET_BYTES = 1 << 20
+
+
+def limits_text():
+    return "\n".join([
+        "# Mosquitto limits for the capture fleet, written by provisioning/provision.",
+        "# Include this file from mosquitto.conf (e.g. include_dir on its directory) and",
+        "# restart Mosquitto after it changed. See docs/protocol.md, \"Size limits\".",
+        "#",
+        "# A packet over this many bytes is refused and its sender disconnected. Stations cut",
+        "# any command packet over 128 KiB unread and answer bad_request, whatever this says.",
+        f"max_packet_size {BROKER_MAX_PACKET_BYTES}",
+        "",
+    ])
 
 
 def device_acl(env, device, station):
@@ -133,9 +161,11 @@ class BrokerFiles:
     password_file: Path
     acl_file: Path
     reload_command: list[str]
+    limits_file: Path | None = None
     # user -> role ("device", "line", "ingest", "monitor"), every account of this broker.
     accounts: dict = field(default_factory=dict)
     acl_text: str = ""
+    limits_changed: bool = False
     new_credentials: list = field(default_factory=list)
     set_entries: list = field(default_factory=list)
     remove_entries: list = field(default_factory=list)
@@ -144,7 +174,7 @@ class BrokerFiles:
     @property
     def changed(self):
         return bool(self.new_credentials or self.set_entries or self.remove_entries
-                    or self.acl_changed)
+                    or self.acl_changed or self.limits_changed)
 
     def describe(self):
         """What changes, by account name only (never a secret)."""
@@ -158,6 +188,8 @@ class BrokerFiles:
             parts.append("removed " + ", ".join(self.remove_entries))
         if self.acl_changed:
             parts.append(f"ACL {self.acl_file} rewritten")
+        if self.limits_changed:
+            parts.append(f"limits {self.limits_file} rewritten (restart Mosquitto to apply)")
         return "; ".join(parts) or "unchanged"
 
 
@@ -170,7 +202,8 @@ def plan(fleet, devices, credentials):
         files = brokers.get(b.password_file)
         if files is None:
             files = brokers[b.password_file] = BrokerFiles(b.password_file, b.acl_file,
-                                                           b.reload_command)
+                                                           b.reload_command,
+                                                           limits_file=b.limits_file)
             acl_blocks[b.password_file] = {}
         elif files.acl_file != b.acl_file:
             raise ConfigError(fleet.path, [f"env.{env.name}.broker: password_file "
@@ -203,6 +236,10 @@ def plan(fleet, devices, credentials):
             files.acl_changed = files.acl_file.read_text() != files.acl_text
         except FileNotFoundError:
             files.acl_changed = True
+        try:
+            files.limits_changed = files.limits_file.read_text() != limits_text()
+        except FileNotFoundError:
+            files.limits_changed = True
         entries = read_password_file(password_file)
         for user in sorted(files.accounts):
             password = credentials.get(user)
@@ -239,14 +276,9 @@ def apply(files, credentials, log):
                                f"{run.stderr.strip()}")
         credentials.forget(user)
     if files.acl_changed:
-        tmp = files.acl_file.with_name(f".{files.acl_file.name}.tmp")
-        tmp.write_text(files.acl_text)
-        if files.acl_file.exists():
-            st = files.acl_file.stat()
-            tmp.chmod(st.st_mode & 0o777)
-        else:
-            tmp.chmod(0o644)
-        tmp.replace(files.acl_file)
+        replace_file(files.acl_file, files.acl_text)
+    if files.limits_changed:
+        replace_file(files.limits_file, limits_text())
     log(f"broker {files.password_file}: {files.describe()}")
     if files.reload_command:
         run = subprocess.run(files.reload_command, capture_output=True, text=True, check=False)
@@ -256,3 +288,14 @@ def apply(files, credentials, log):
         log(f"broker reloaded: {' '.join(files.reload_command)}")
     else:
         log("broker: no reload_command configured; reload Mosquitto yourself (SIGHUP)")
+
+
+def replace_file(path, text):
+    """Writes `path` atomically, keeping its mode (0644 for a new file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    if path.exists():
+        tmp.chmod(path.stat().st_mode & 0o777)
+    else:
+        tmp.chmod(0o644)
+    tmp.replace(path)

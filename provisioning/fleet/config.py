@@ -54,6 +54,8 @@ class Broker:
     keep_alive: str
     password_file: Path
     acl_file: Path
+    # Mosquitto options the fleet needs (max_packet_size), for the broker to include.
+    limits_file: Path
     reload_command: list[str]
     monitor_host: str
     monitor_port: int
@@ -294,7 +296,7 @@ def _load_env(name, table, rel, take, problems):
     b = take(table, "broker", dict, where, required=True, default={})
     bw = f"{where}.broker"
     known = {"host", "port", "tls", "ca_file", "keep_alive", "password_file", "acl_file",
-             "reload_command", "monitor_host", "monitor_port", "monitor_user"}
+             "limits_file", "reload_command", "monitor_host", "monitor_port", "monitor_user"}
     for key in b:
         if key not in known:
             problems.append(f"{bw}.{key}: unknown key (known: {', '.join(sorted(known))})")
@@ -308,6 +310,7 @@ def _load_env(name, table, rel, take, problems):
     if ca_file is not None and not ca_file.is_file():
         problems.append(f"{bw}.ca_file: {ca_file} does not exist")
     monitor_user = take(b, "monitor_user", str, bw, default="capture-fleet")
+    acl_file = rel(take(b, "acl_file", str, bw, required=True, default=""))
     broker = Broker(
         host=host,
         port=port,
@@ -315,7 +318,8 @@ def _load_env(name, table, rel, take, problems):
         ca_file=ca_file,
         keep_alive=take(b, "keep_alive", str, bw, default="30s"),
         password_file=rel(take(b, "password_file", str, bw, required=True, default="")),
-        acl_file=rel(take(b, "acl_file", str, bw, required=True, default="")),
+        acl_file=acl_file,
+        limits_file=rel(take(b, "limits_file", str, bw)) or acl_file.with_name("limits.conf"),
         reload_command=reload_command,
         monitor_host=take(b, "monitor_host", str, bw, default=host),
         monitor_port=take(b, "monitor_port", int, bw, default=port),

@@ -65,10 +65,12 @@ impl FleetFiles {
         self.dir.path().join(name)
     }
 
-    /// The lines Mosquitto needs to use the files the script maintains.
+    /// The lines Mosquitto needs to use the files the script maintains, and the limits file
+    /// it writes once it ran (what an operator's `include_dir` brings in).
     fn mosquitto_config(&self) -> String {
+        let limits = std::fs::read_to_string(self.path("limits.conf")).unwrap_or_default();
         format!(
-            "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+            "allow_anonymous false\npassword_file {}\nacl_file {}\n{limits}",
             self.path("passwd").display(),
             self.path("acl").display()
         )
@@ -1043,6 +1045,141 @@ async fn the_inventory_becomes_a_prometheus_target_list_with_device_station_and_
     assert!(
         output.contains("monitoring.targets_dir: metrics.listen is '127.0.0.1:9464'"),
         "{output}"
+    );
+    Ok(())
+}
+
+/// `mosquitto_pub` as the line's integrator runs it: QoS 1, the message from a file.
+fn line_publish(
+    port: u16,
+    password: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Result<std::process::Output> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), payload)?;
+    Ok(std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            "line-dev",
+            "-P",
+            password,
+        ])
+        .args(["-i", "line-integrator", "-q", "1", "-t", topic, "-f"])
+        .arg(file.path())
+        .output()?)
+}
+
+/// A `start` of exactly `size` bytes: its `meta` grew (a bug in the line).
+fn oversized_start(id: &str, size: usize) -> Vec<u8> {
+    let mut command = serde_json::json!(
+        {"v":1,"id":id,"op":"start","order":"SO-BIG","meta":{"notes":""}}
+    )
+    .to_string()
+    .into_bytes();
+    let at = command.len() - 3;
+    let filler = size - command.len();
+    command.splice(at..at, std::iter::repeat_n(b'x', filler));
+    command
+}
+
+/// The broker as provisioning configures it: a packet over its `max_packet_size` (1 MiB) is
+/// refused by the broker, which disconnects the sender, and never reaches the station; one
+/// over 64 KiB but under it reaches the station, which answers `bad_request` and stays
+/// online; a `ping` after either is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisioned_broker_bounds_commands_and_an_oversized_one_leaves_the_station_online()
+-> Result<()> {
+    let fleet = FleetFiles::new()?;
+    fleet.write_fleet(&FleetSettings {
+        mqtt_port: free_port()?,
+        reload_pid: None,
+        store_endpoint: "http://127.0.0.1:9".into(),
+        store_bucket: "factory-media".into(),
+        access_key_id: "GK0000".into(),
+        secret_access_key: "not-a-real-secret".into(),
+        package: None,
+        ssh: None,
+        metrics_port: 9464,
+        online_timeout: "10s",
+        monitoring: false,
+    })?;
+    fleet.write_inventory(&[["127.0.0.1:9", "pi-01", "pack-01", "dev", "top=test"]])?;
+    let (code, output) = fleet.provision(&["--broker-only"]).await?;
+    ensure!(
+        code == 0,
+        "provision --broker-only exited {code}:\n{output}"
+    );
+    let limits = std::fs::read_to_string(fleet.path("limits.conf"))
+        .with_context(|| format!("provisioning wrote no limits file:\n{output}"))?;
+    assert!(limits.contains("\nmax_packet_size 1048576\n"), "{limits}");
+    let broker = Mosquitto::start_with(&fleet.mosquitto_config()).await?;
+
+    let mut options = capture_tests::fixtures::AgentOptions::new(broker.host(), broker.port());
+    options.env = "dev".into();
+    options.mqtt_credentials = Some(("pi-01".into(), fleet.password("pi-01")?));
+    let agent = Agent::start(options).await?;
+    let line_password = fleet.password("line-dev")?;
+    let mut line = Client::connect(broker.port(), "line-dev", &line_password).await?;
+    line.subscribe("cap/dev/station/pack-01/reply").await?;
+    let mut watcher = Client::connect(broker.port(), "line-dev", &line_password).await?;
+    watcher.subscribe("cap/dev/station/pack-01/status").await?;
+    let (_, status) = watcher.next_publish().await?;
+    assert!(status.contains(r#""state":"online""#), "{status}");
+
+    let cmd = "cap/dev/station/pack-01/cmd";
+    let big = oversized_start("big-1", 200 << 10);
+    let published = line_publish(broker.port(), &line_password, cmd, &big)?;
+    ensure!(
+        published.status.success(),
+        "mosquitto_pub of 200 KiB: {published:?}"
+    );
+    let (_, reply) = line
+        .next_publish()
+        .await
+        .with_context(|| agent.log_tail(30))?;
+    let reply: serde_json::Value = serde_json::from_str(&reply)?;
+    assert_eq!(reply["id"], serde_json::Value::Null, "{reply}");
+    assert_eq!(reply["error"]["code"], "bad_request", "{reply}");
+
+    let huge = oversized_start("huge-1", 2 << 20);
+    let refused = line_publish(broker.port(), &line_password, cmd, &huge)?;
+    assert!(
+        !refused.status.success(),
+        "the broker took a 2 MiB packet over its max_packet_size: {refused:?}"
+    );
+
+    let ping = serde_json::json!({"v":1,"id":"ping-1","op":"ping"}).to_string();
+    let published = line_publish(broker.port(), &line_password, cmd, ping.as_bytes())?;
+    ensure!(
+        published.status.success(),
+        "mosquitto_pub of a ping: {published:?}"
+    );
+    let (_, pong) = line
+        .next_publish()
+        .await
+        .with_context(|| agent.log_tail(30))?;
+    let pong: serde_json::Value = serde_json::from_str(&pong)?;
+    assert_eq!(
+        pong["id"], "ping-1",
+        "the 2 MiB command reached the station: {pong}"
+    );
+    assert_eq!(pong["ok"], true, "{pong}");
+    // The 2 MiB command never reached the station, and it never went offline.
+    while let Ok(packet) = watcher.events.try_recv() {
+        if let Packet::Publish(p) = packet {
+            watcher.keep(&p.topic, &p.payload);
+        }
+    }
+    let seen = std::mem::take(&mut watcher.received);
+    assert!(
+        seen.iter()
+            .all(|(_, p)| !p.contains(r#""state":"offline""#)),
+        "{seen:?}"
     );
     Ok(())
 }

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use capture_protocol::{
-    ClipId, Command, Event, EventKind, Op, Reply, Timestamp, parse_command, topic,
+    ClipId, Command, CommandError, Event, EventKind, Op, Rejection, Reply, Timestamp,
+    parse_command, topic,
 };
 use rumqttc::Publish;
 
@@ -17,9 +18,22 @@ use crate::telemetry::{CommandOutcome, Metrics};
 
 impl Daemon {
     /// One command delivery: exactly one reply, at most one effect.
-    pub(super) async fn on_command(&mut self, publish: Publish) {
+    ///
+    /// `unread_payload`: the command was over the link's packet limit and was dropped unread
+    /// (this publish carries none of it); it is refused by size, like any command over
+    /// 64 KiB, with `"id": null`.
+    pub(super) async fn on_command(&mut self, publish: Publish, unread_payload: Option<usize>) {
         let received_at = Instant::now();
-        let command = match parse_command(&publish.payload, &self.identity.env) {
+        let parsed = match unread_payload {
+            Some(size) => Err(Rejection {
+                id: None,
+                op: None,
+                order: None,
+                error: CommandError::TooLarge { size },
+            }),
+            None => parse_command(&publish.payload, &self.identity.env),
+        };
+        let command = match parsed {
             Ok(command) => command,
             Err(rejection) => {
                 tracing::warn!(

@@ -131,7 +131,15 @@ pub async fn run(
 
     let (inbound_tx, mut inbound) = mpsc::unbounded_channel::<Publish>();
     let clock_synced = status::clock_synced();
-    let first_status = status::Snapshot::empty(&identity, clock_synced).to_status();
+    let first_status = status::Snapshot::at_start(
+        &identity,
+        clock_synced,
+        &spool,
+        (&spool_dir, &clip_dir),
+        &metrics,
+    )
+    .await
+    .to_status();
     let link = Link::start(
         link_settings(&config, &secrets, &identity, &first_status)?,
         spool.clone(),
@@ -222,8 +230,10 @@ impl Daemon {
     async fn on_publish(&mut self, publish: Publish) {
         let commands = topic::command(&self.identity.env, &self.identity.station);
         let confirms = topic::confirm(&self.identity.env, &self.identity.device);
+        // Claimed for every delivery, whatever its topic, so none is left behind.
+        let unread = self.link.unread_payload(&publish);
         if publish.topic == commands {
-            self.on_command(publish).await;
+            self.on_command(publish, unread).await;
         } else if publish.topic == confirms {
             self.on_confirm(publish).await;
         } else {

@@ -7,7 +7,7 @@ use capture_protocol::{Presence, Queue, Status, Timestamp};
 use super::{Daemon, Identity};
 use crate::capture::CameraState;
 use crate::disk::{self, Evictable};
-use crate::spool::{ClipState, clips};
+use crate::spool::{ClipState, Spool, clips};
 use crate::telemetry::Metrics;
 
 /// What the status says, gathered from the station, the spool and the disk.
@@ -21,13 +21,33 @@ pub(super) struct Snapshot {
 }
 
 impl Snapshot {
-    /// The status before anything was measured (the first `online` message).
-    pub(super) fn empty(identity: &Identity, clock_synced: bool) -> Snapshot {
+    /// The status before the daemon's loop runs (the first `online` message, retained until
+    /// the next one): measured like every later one, so that a dashboard or an alert reading
+    /// it never sees a full disk or an empty queue that are not there. The free space is also
+    /// recorded in the metrics, where every later status reads it until the disk check runs.
+    pub(super) async fn at_start(
+        identity: &Identity,
+        clock_synced: bool,
+        spool: &Spool,
+        disk: (&Path, &Path),
+        metrics: &Metrics,
+    ) -> Snapshot {
+        let (spool_dir, clip_dir) = disk;
+        match disk::usage(spool_dir, clip_dir) {
+            Ok(usage) => {
+                Metrics::set(&metrics.disk_free_bytes, usage.free_bytes);
+                Metrics::set(&metrics.disk_size_bytes, usage.fs_bytes);
+                Metrics::set(&metrics.spool_bytes, usage.spool_bytes);
+            }
+            Err(e) => tracing::warn!(error = %e, "measuring the spool's disk for the first status"),
+        }
         Snapshot {
             identity: identity.clone(),
             recording: None,
-            queue: Queue { clips: 0, bytes: 0 },
-            disk_free_bytes: 0,
+            queue: queue(spool).await,
+            disk_free_bytes: metrics
+                .disk_free_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
             clock_synced,
         }
     }
@@ -46,6 +66,18 @@ impl Snapshot {
             at: Timestamp::now(),
         }
     }
+}
+
+/// The clips waiting for the cloud, and their bytes.
+async fn queue(spool: &Spool) -> Queue {
+    let totals = spool.call(|c| clips::totals(c)).await.unwrap_or_default();
+    let (clips, bytes) = totals
+        .iter()
+        .filter(|(state, _, _)| state.is_queued())
+        .fold((0u64, 0u64), |(n, b), (_, count, size)| {
+            (n + *count as u64, b + *size as u64)
+        });
+    Queue { clips, bytes }
 }
 
 pub(super) fn to_json(status: &Status) -> Vec<u8> {
@@ -72,17 +104,6 @@ pub(super) fn clock_synced() -> bool {
 impl Daemon {
     /// Gathers the status's content.
     pub(super) async fn status_snapshot(&self) -> Snapshot {
-        let totals = self
-            .spool
-            .call(|c| clips::totals(c))
-            .await
-            .unwrap_or_default();
-        let (clips, bytes) = totals
-            .iter()
-            .filter(|(state, _, _)| state.is_queued())
-            .fold((0u64, 0u64), |(n, b), (_, count, size)| {
-                (n + *count as u64, b + *size as u64)
-            });
         Snapshot {
             identity: self.identity.clone(),
             recording: self
@@ -92,7 +113,7 @@ impl Daemon {
                     order: r.order.clone(),
                     since: r.since,
                 }),
-            queue: Queue { clips, bytes },
+            queue: queue(&self.spool).await,
             disk_free_bytes: self
                 .metrics
                 .disk_free_bytes
