@@ -6,7 +6,7 @@
 //! | `GET /v1/clips/{id}` | `clips:read` | one clip, with a presigned GET URL |
 //! | `GET /v1/stations` | `stations:read` | the last retained status of every station (online/offline, queue) |
 //! | `GET /healthz` | open | 200 while the process serves (liveness) |
-//! | `GET /readyz` | open | 200 when MQTT, PostgreSQL and RabbitMQ are reachable, else 503 |
+//! | `GET /readyz` | open | 200 when MQTT, PostgreSQL and RabbitMQ are reachable and the consumer is not stalled (`http.stalled_after`), else 503 |
 //! | `GET /metrics` | open | Prometheus text; on `http.metrics_listen` when that is set |
 //!
 //! Every `/v1/` request, unknown paths included, goes through [`auth::authenticate`] first
@@ -52,6 +52,9 @@ pub struct ApiState {
     pub presign_ttl: Duration,
     pub stations: Arc<Stations>,
     pub metrics: Arc<Metrics>,
+    /// Not ready when notifications are in hand and the consumer made no progress for this
+    /// long (see [`crate::telemetry::Progress`]).
+    pub stalled_after: Duration,
 }
 
 /// The router of the whole API; `/metrics` only when `with_metrics` (else it is served by
@@ -317,7 +320,9 @@ async fn ready(State(state): State<ApiState>) -> impl IntoResponse {
         tokio::time::timeout(Duration::from_secs(2), catalog::ping(&state.pool)).await,
         Ok(Ok(()))
     );
-    let ready = mqtt && amqp && postgres;
+    let idle = state.metrics.progress.idle();
+    let consuming = idle < state.stalled_after;
+    let ready = mqtt && amqp && postgres && consuming;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -325,7 +330,17 @@ async fn ready(State(state): State<ApiState>) -> impl IntoResponse {
     };
     (
         status,
-        axum::Json(json!({"ready": ready, "mqtt": mqtt, "postgres": postgres, "amqp": amqp})),
+        axum::Json(json!({
+            "ready": ready,
+            "mqtt": mqtt,
+            "postgres": postgres,
+            "amqp": amqp,
+            "consumer": {
+                "progressing": consuming,
+                "in_hand": state.metrics.progress.in_hand(),
+                "idle_seconds": idle.as_secs(),
+            },
+        })),
     )
 }
 

@@ -36,6 +36,10 @@ use tokio_postgres::{Client, NoTls};
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_catalog.sql")),
     (2, include_str!("../migrations/0002_api_tokens.sql")),
+    (
+        3,
+        include_str!("../migrations/0003_unroutable_and_retention.sql"),
+    ),
 ];
 
 /// Advisory lock key that serializes migrations of concurrently starting replicas.
@@ -106,6 +110,16 @@ impl Pool {
                 .collect(),
             next: AtomicUsize::new(0),
         })
+    }
+
+    /// The same pool with PostgreSQL's `statement_timeout` set on every connection it opens:
+    /// a statement running longer is cancelled by the server (SQLSTATE 57014) and fails like
+    /// any other database error, which the callers retry.
+    pub fn with_statement_timeout(mut self, timeout: Duration) -> Pool {
+        let millis = timeout.as_millis().max(1);
+        self.config
+            .options(format!("-c statement_timeout={millis}").as_str());
+        self
     }
 
     /// A connection: a free one if any, else waits for one; reconnects a closed one.
@@ -200,8 +214,23 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub struct Poison {
     pub topic: String,
+    /// The payload, cut to the configured maximum ([`Poison::new`]).
     pub payload: Vec<u8>,
+    /// The size of the payload as received.
+    pub payload_size: i64,
     pub error: String,
+}
+
+impl Poison {
+    /// A poison row for `payload`, whose first `max_bytes` bytes are kept.
+    pub fn new(topic: &str, payload: &[u8], max_bytes: usize, error: String) -> Poison {
+        Poison {
+            topic: topic.to_owned(),
+            payload: payload[..payload.len().min(max_bytes)].to_vec(),
+            payload_size: i64::try_from(payload.len()).unwrap_or(i64::MAX),
+            error,
+        }
+    }
 }
 
 /// What [`commit`] did with one entry.
@@ -238,7 +267,8 @@ const ACCEPT_CLIP: &str = "UPDATE clips SET order_id = $2, device = $3, station 
 const INSERT_EVENT: &str = "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3) \
      ON CONFLICT (event_id) DO NOTHING";
 
-const INSERT_POISON: &str = "INSERT INTO poison (topic, payload, error) VALUES ($1, $2, $3)";
+const INSERT_POISON: &str =
+    "INSERT INTO poison (topic, payload, payload_size, error) VALUES ($1, $2, $3, $4)";
 
 /// Records a batch in one transaction: clips (idempotently), their events, poison messages.
 /// Returns one [`Recorded`] per entry, in order.
@@ -311,8 +341,8 @@ pub async fn commit(
     }))
     .await?;
     try_join_all(poison.iter().map(|p| {
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&p.topic, &p.payload, &p.error];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&p.topic, &p.payload, &p.payload_size, &p.error];
         tx.execute_raw(&bad, params)
     }))
     .await?;
@@ -443,6 +473,56 @@ pub async fn clip(pool: &Pool, clip_id: &ClipId) -> Result<Option<StoredClip>, C
         )
         .await?;
     row.as_ref().map(stored_clip).transpose()
+}
+
+/// How many rows one [`prune`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub outbox: u64,
+    pub poison: u64,
+}
+
+/// Rows deleted per statement: short transactions, no long lock on the tables.
+const PRUNE_CHUNK: i64 = 5_000;
+
+/// Deletes the outbox rows sent more than `sent_events` ago and the poison rows received
+/// more than `poison` ago, in chunks. Unsent events are never deleted.
+///
+/// Deleting a sent event cannot make it go out again: an event row is only ever inserted
+/// when its clip row is inserted or changes from rejected to accepted ([`commit`]), and clip
+/// rows are kept, so a redelivered notification is a duplicate whether or not its event is
+/// still in the outbox. Several replicas pruning at once only share the work.
+pub async fn prune(
+    pool: &Pool,
+    sent_events: Duration,
+    poison: Duration,
+) -> Result<Pruned, CatalogError> {
+    let conn = pool.get().await?;
+    let mut pruned = Pruned::default();
+    for (statement, age, count) in [
+        (
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+             WHERE sent_at IS NOT NULL AND sent_at < now() - $1::float8 * interval '1 second' LIMIT $2)",
+            sent_events,
+            &mut pruned.outbox,
+        ),
+        (
+            "DELETE FROM poison WHERE id IN (SELECT id FROM poison \
+             WHERE received_at < now() - $1::float8 * interval '1 second' LIMIT $2)",
+            poison,
+            &mut pruned.poison,
+        ),
+    ] {
+        let seconds = age.as_secs_f64();
+        loop {
+            let deleted = conn.execute(statement, &[&seconds, &PRUNE_CHUNK]).await?;
+            *count += deleted;
+            if deleted < PRUNE_CHUNK as u64 {
+                break;
+            }
+        }
+    }
+    Ok(pruned)
 }
 
 /// Whether PostgreSQL answers.

@@ -67,6 +67,9 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// How long sent events and poison rows are kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +112,22 @@ pub struct StoreConfig {
     pub presign_ttl: Duration,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// The longest one attempt of a store request may take (connect, send, the answer's
+    /// headers): a store that accepts and never answers fails the attempt instead of holding
+    /// the batch.
+    #[serde(
+        default = "default_attempt_timeout",
+        deserialize_with = "human_duration"
+    )]
+    pub attempt_timeout: Duration,
+    /// The longest one store request may take with all its attempts; for a full-read
+    /// verification this does not bound reading the body, which the SDK's stalled-stream
+    /// protection watches instead.
+    #[serde(
+        default = "default_operation_timeout",
+        deserialize_with = "human_duration"
+    )]
+    pub operation_timeout: Duration,
 }
 
 /// How much of the object is checked against the notification.
@@ -136,6 +155,13 @@ pub struct PostgresConfig {
         deserialize_with = "human_duration"
     )]
     pub connect_timeout: Duration,
+    /// PostgreSQL cancels any statement of the ingest's connections that runs longer
+    /// (`statement_timeout`); the caller retries like any other failure.
+    #[serde(
+        default = "default_statement_timeout",
+        deserialize_with = "human_duration"
+    )]
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +184,13 @@ pub struct AmqpConfig {
     pub relays: usize,
     #[serde(default = "default_poll_interval", deserialize_with = "human_duration")]
     pub poll_interval: Duration,
+    /// An event RabbitMQ returns as unroutable (no queue bound for its routing key) stays in
+    /// the outbox and is tried again after 1 s, 2 s, 4 s, ... up to this.
+    #[serde(
+        default = "default_unroutable_retry_max",
+        deserialize_with = "human_duration"
+    )]
+    pub unroutable_retry_max: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +201,10 @@ pub struct HttpConfig {
     /// Unset: `/metrics` is served on `listen`, unauthenticated like `/healthz`.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// `/readyz` answers 503 when notifications are in hand and none has been decided (and
+    /// no batch committed) for this long: the consumer is stuck (docs/ingest.md).
+    #[serde(default = "default_stalled_after", deserialize_with = "human_duration")]
+    pub stalled_after: Duration,
 }
 
 /// Authentication of API callers. Service tokens need no configuration: they live in the
@@ -231,6 +268,39 @@ pub struct ShutdownConfig {
     pub grace: Duration,
 }
 
+/// What the periodic pruning job keeps (docs/ingest.md, "Retention").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Events confirmed by RabbitMQ are deleted from the outbox this long after they were
+    /// sent. Unsent events are never deleted.
+    #[serde(default = "default_sent_events", deserialize_with = "human_duration")]
+    pub sent_events: Duration,
+    /// Poison rows (unreadable notifications) are deleted this long after they arrived.
+    #[serde(default = "default_poison_age", deserialize_with = "human_duration")]
+    pub poison: Duration,
+    /// How often the job runs (also once at start).
+    #[serde(
+        default = "default_prune_interval",
+        deserialize_with = "human_duration"
+    )]
+    pub interval: Duration,
+    /// A poison payload is stored cut to this many bytes (its size as received is kept).
+    #[serde(default = "default_poison_payload_max_bytes")]
+    pub poison_payload_max_bytes: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            sent_events: default_sent_events(),
+            poison: default_poison_age(),
+            interval: default_prune_interval(),
+            poison_payload_max_bytes: default_poison_payload_max_bytes(),
+        }
+    }
+}
+
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
@@ -274,6 +344,33 @@ fn default_poll_interval() -> Duration {
 }
 fn default_grace() -> Duration {
     Duration::from_secs(10)
+}
+fn default_attempt_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_operation_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_statement_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_unroutable_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_stalled_after() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_sent_events() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_poison_age() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_prune_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_poison_payload_max_bytes() -> usize {
+    64 << 10
 }
 fn default_algorithms() -> Vec<String> {
     vec!["RS256".to_owned()]
@@ -492,6 +589,15 @@ impl Config {
         if !(1..=1024).contains(&self.store.concurrency) {
             problem("store.concurrency", "must be 1..1024".to_owned());
         }
+        if self.store.attempt_timeout < Duration::from_millis(100) {
+            problem("store.attempt_timeout", "must be at least 100ms".to_owned());
+        }
+        if self.store.operation_timeout < self.store.attempt_timeout {
+            problem(
+                "store.operation_timeout",
+                "must be at least store.attempt_timeout".to_owned(),
+            );
+        }
         if !(self.postgres.url.starts_with("postgres://")
             || self.postgres.url.starts_with("postgresql://"))
         {
@@ -505,6 +611,12 @@ impl Config {
         if !(1..=64).contains(&self.postgres.pool_size) {
             problem("postgres.pool_size", "must be 1..64".to_owned());
         }
+        if self.postgres.statement_timeout < Duration::from_millis(100) {
+            problem(
+                "postgres.statement_timeout",
+                "must be at least 100ms (0, PostgreSQL's \"no limit\", is not allowed)".to_owned(),
+            );
+        }
         match (&self.amqp.url, &self.amqp.url_file) {
             (None, None) => problem("amqp.url", "amqp.url or amqp.url_file is needed".to_owned()),
             (Some(url), _) if !(url.starts_with("amqp://") || url.starts_with("amqps://")) => {
@@ -514,6 +626,12 @@ impl Config {
         }
         if self.amqp.exchange.is_empty() {
             problem("amqp.exchange", "must not be empty".to_owned());
+        }
+        if self.amqp.unroutable_retry_max < Duration::from_secs(1) {
+            problem(
+                "amqp.unroutable_retry_max",
+                "must be at least 1s".to_owned(),
+            );
         }
         if !(1..=10_000).contains(&self.amqp.batch) {
             problem("amqp.batch", "must be 1..10000".to_owned());
@@ -550,6 +668,26 @@ impl Config {
                 ),
                 Ok(_) => {}
             }
+        }
+        if self.http.stalled_after < Duration::from_secs(1) {
+            problem("http.stalled_after", "must be at least 1s".to_owned());
+        }
+        let retention = &self.retention;
+        for (key, age) in [
+            ("retention.sent_events", retention.sent_events),
+            ("retention.poison", retention.poison),
+            ("retention.interval", retention.interval),
+        ] {
+            if age < Duration::from_secs(1) {
+                problem(key, "must be at least 1s".to_owned());
+            }
+        }
+        if !(1024..=crate::consumer::MAX_PACKET_BYTES).contains(&retention.poison_payload_max_bytes)
+        {
+            problem(
+                "retention.poison_payload_max_bytes",
+                format!("must be 1024..{}", crate::consumer::MAX_PACKET_BYTES),
+            );
         }
         if let Some(oidc) = &self.auth.oidc {
             oidc.validate(&mut problem);
@@ -916,6 +1054,74 @@ mod tests {
         assert!(check_jwks_url("http://127.0.0.1:8081/certs").is_ok());
         assert!(check_jwks_url("https://login.example/certs").is_ok());
         assert!(check_jwks_url("ftp://login.example/certs").is_err());
+    }
+
+    #[test]
+    fn timeouts_and_retention_have_defaults_and_are_validated() {
+        let config = Config::parse(DEFAULT_CONFIG, &[]).unwrap();
+        assert_eq!(config.store.attempt_timeout, Duration::from_secs(30));
+        assert_eq!(config.store.operation_timeout, Duration::from_secs(120));
+        assert_eq!(config.postgres.statement_timeout, Duration::from_secs(30));
+        assert_eq!(config.amqp.unroutable_retry_max, Duration::from_secs(60));
+        assert_eq!(config.http.stalled_after, Duration::from_secs(120));
+        assert_eq!(config.retention.sent_events, Duration::from_secs(7 * 86400));
+        assert_eq!(config.retention.poison, Duration::from_secs(30 * 86400));
+        assert_eq!(config.retention.poison_payload_max_bytes, 65536);
+        // A file without the new keys (an older config) gets the same defaults.
+        let without: String = DEFAULT_CONFIG
+            .lines()
+            .filter(|l| {
+                ![
+                    "attempt_timeout",
+                    "operation_timeout",
+                    "statement_timeout",
+                    "unroutable_retry_max",
+                    "stalled_after",
+                    "[retention]",
+                    "sent_events",
+                    "poison =",
+                    "interval =",
+                    "poison_payload_max_bytes",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let older = Config::parse(&without, &[]).unwrap();
+        assert_eq!(older.retention.sent_events, config.retention.sent_events);
+        assert_eq!(older.store.attempt_timeout, config.store.attempt_timeout);
+
+        let text = DEFAULT_CONFIG
+            .replace(r#"attempt_timeout = "30s""#, r#"attempt_timeout = "3m""#)
+            .replace(
+                r#"statement_timeout = "30s""#,
+                r#"statement_timeout = "0s""#,
+            )
+            .replace(
+                r#"unroutable_retry_max = "1m""#,
+                r#"unroutable_retry_max = "10ms""#,
+            )
+            .replace(r#"stalled_after = "2m""#, r#"stalled_after = "0s""#)
+            .replace(r#"sent_events = "7d""#, r#"sent_events = "0s""#)
+            .replace(
+                "poison_payload_max_bytes = 65536",
+                "poison_payload_max_bytes = 10",
+            );
+        let problems = Config::parse(&text, &[]).unwrap_err().problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "store.operation_timeout",
+                "postgres.statement_timeout",
+                "amqp.unroutable_retry_max",
+                "http.stalled_after",
+                "retention.sent_events",
+                "retention.poison_payload_max_bytes",
+            ],
+            "{problems:?}"
+        );
     }
 
     #[test]

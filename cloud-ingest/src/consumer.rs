@@ -142,6 +142,7 @@ pub async fn drive_link(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if publish.topic == uploaded {
+                    metrics.progress.received();
                     if to_worker.send(publish).is_err() {
                         break;
                     }
@@ -177,6 +178,8 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     pub max_batch: usize,
     pub concurrency: usize,
+    /// Bytes of an unreadable payload kept in `poison`.
+    pub poison_payload_max: usize,
 }
 
 /// One received notification, classified.
@@ -325,15 +328,17 @@ impl Worker {
                     raw: raw.clone(),
                     decision: decision.clone().unwrap_or(Decision::Accepted),
                 }),
-                Item::Poison { error, .. } => poison.push(Poison {
-                    topic: publish.topic.clone(),
-                    payload: publish.payload.to_vec(),
-                    error: error.clone(),
-                }),
+                Item::Poison { error, .. } => poison.push(Poison::new(
+                    &publish.topic,
+                    &publish.payload,
+                    self.poison_payload_max,
+                    error.clone(),
+                )),
             }
         }
 
         let recorded = self.commit(&entries, &poison, shutdown).await?;
+        self.metrics.progress.advanced();
         // Every idle relay races for the new rows (SKIP LOCKED splits them); the stored permit
         // covers a relay that is busy right now.
         self.wake.notify_waiters();
@@ -348,6 +353,7 @@ impl Worker {
                 tracing::warn!(error = %error, "acknowledging a notification failed");
             }
         }
+        self.metrics.progress.done(batch.len());
         for (entry, recorded) in entries.iter().zip(&recorded) {
             self.report(&entry.uploaded, recorded);
             let confirm = match recorded.decision() {
@@ -382,6 +388,7 @@ impl Worker {
             let started = Instant::now();
             match self.verifier.verify(uploaded).await {
                 Ok(decision) => {
+                    self.metrics.progress.advanced();
                     Metrics::observe(
                         &self.metrics.verify_micros_sum,
                         &self.metrics.verify_count,

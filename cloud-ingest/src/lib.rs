@@ -18,7 +18,8 @@
 //! (the binary wires SIGTERM and ctrl-c to it); the library installs no signal handler.
 //!
 //! Modules: [`config`] (file, env, secrets, validation), [`consumer`] (MQTT link and worker),
-//! [`verify`], [`catalog`] (+ `migrations/`), [`outbox`] (relay to AMQP), [`api`], [`auth`]
+//! [`verify`], [`catalog`] (+ `migrations/`), [`outbox`] (relay to AMQP), [`retention`]
+//! (pruning the outbox and poison tables), [`api`], [`auth`]
 //! (who may call the API: service tokens, OIDC, scopes; the `token` CLI), [`telemetry`] (logs,
 //! metrics).
 
@@ -30,6 +31,7 @@ pub mod catalog;
 pub mod config;
 pub mod consumer;
 pub mod outbox;
+pub mod retention;
 pub mod telemetry;
 pub mod verify;
 
@@ -85,6 +87,7 @@ pub(crate) fn pool(config: &Config, secrets: &Secrets) -> Result<Pool, CatalogEr
         config.postgres.pool_size,
         config.postgres.connect_timeout,
     )
+    .map(|pool| pool.with_statement_timeout(config.postgres.statement_timeout))
 }
 
 /// Applies the embedded migrations (`cloud-ingest migrate`); returns the versions applied.
@@ -101,7 +104,8 @@ pub fn store_client(config: &Config, secrets: &Secrets) -> aws_sdk_s3::Client {
         config.store.access_key_id.clone().unwrap_or_default(),
         secrets.s3_secret_access_key.clone().unwrap_or_default(),
     )
-    .with_path_style(config.store.path_style);
+    .with_path_style(config.store.path_style)
+    .with_request_timeouts(config.store.attempt_timeout, config.store.operation_timeout);
     capture_objstore::client(&settings)
 }
 
@@ -134,6 +138,7 @@ pub async fn run(
         presign_ttl: config.store.presign_ttl,
         stations: stations.clone(),
         metrics: metrics.clone(),
+        stalled_after: config.http.stalled_after,
     };
     let metrics_apart = config.http.metrics_listen.clone();
     let mut servers = vec![
@@ -184,12 +189,19 @@ pub async fn run(
         exchange: config.amqp.exchange.clone(),
         batch: config.amqp.batch,
         poll_interval: config.amqp.poll_interval,
+        unroutable_retry_max: config.amqp.unroutable_retry_max,
         wake: wake.clone(),
         metrics: metrics.clone(),
     };
     let relays: Vec<_> = (0..config.amqp.relays)
         .map(|_| tokio::spawn(relay.clone().run(stop.clone())))
         .collect();
+    let pruner = retention::Pruner {
+        pool: pool.clone(),
+        config: config.retention.clone(),
+        metrics: metrics.clone(),
+    };
+    let pruning = tokio::spawn(pruner.run(stop.clone()));
 
     let options = consumer::mqtt_options(&config.mqtt, secrets.mqtt_password.as_deref());
     let (client, eventloop) = AsyncClient::new(options, 10_000);
@@ -221,6 +233,7 @@ pub async fn run(
         metrics,
         max_batch: config.mqtt.max_batch,
         concurrency: config.store.concurrency,
+        poison_payload_max: config.retention.poison_payload_max_bytes,
     };
     worker.run(from_link, stop.clone()).await;
 
@@ -239,6 +252,7 @@ pub async fn run(
     for relay in relays {
         let _ = relay.await;
     }
+    let _ = pruning.await;
     for server in servers {
         if let Ok(Err(error)) = server.await {
             return Err(RunError::Http(error));

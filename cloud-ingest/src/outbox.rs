@@ -14,6 +14,14 @@
 //!   persistent `delivery_mode = 2`, durable topic exchange). A nack, a lost connection or a
 //!   crash leaves the row unsent; it is published again later: delivery is at least once, and
 //!   the stable CloudEvent id (also the AMQP `message_id`) lets the core system deduplicate.
+//! - **An event nobody can receive is not sent.** Messages are published `mandatory`: when no
+//!   queue is bound for the routing key (the core system's queue is not declared or bound yet,
+//!   a binding was removed), RabbitMQ returns the message (`basic.return`) before it confirms
+//!   it, and lapin hands the returned message back with the confirmation. Such a row stays
+//!   unsent: `returns` counts the returns, `retry_at` holds it back 1 s, 2 s, 4 s, ... up to
+//!   `amqp.unroutable_retry_max`, so that unroutable rows never starve routable ones. The
+//!   `ingest_outbox_unroutable` gauge counts them (alert `IngestEventsUnroutable`). Once a queue
+//!   is bound the next try delivers the event, with the same id.
 //! - `FOR UPDATE SKIP LOCKED` lets every replica run several relays without two of them publishing
 //!   the same row in the same round.
 //! - RabbitMQ being down only delays events: the relay reconnects with exponential backoff
@@ -21,6 +29,7 @@
 //! - Rows are published in id order within a round; ordering across replicas is not promised
 //!   (the core system must not need it: each event stands alone).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -62,6 +71,8 @@ pub struct Relay {
     pub exchange: String,
     pub batch: usize,
     pub poll_interval: Duration,
+    /// Backoff cap of an event RabbitMQ returned as unroutable.
+    pub unroutable_retry_max: Duration,
     /// Notified by the consumer after each commit.
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
@@ -178,6 +189,7 @@ impl Relay {
         let rows = tx
             .query(
                 "SELECT id, event_id, routing_key, body FROM outbox WHERE sent_at IS NULL \
+                 AND (retry_at IS NULL OR retry_at <= now()) \
                  ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 &[&limit],
             )
@@ -185,8 +197,9 @@ impl Relay {
         self.metrics.postgres_up.store(true, Ordering::Relaxed);
         if rows.is_empty() {
             tx.commit().await?;
-            self.metrics.outbox_pending.store(0, Ordering::Relaxed);
-            self.metrics.outbox_oldest_secs.store(0, Ordering::Relaxed);
+            drop(conn);
+            // Rows held back after a return are still pending.
+            self.count_pending().await;
             return Ok(0);
         }
         let mut confirms = Vec::with_capacity(rows.len());
@@ -202,32 +215,76 @@ impl Relay {
                 .basic_publish(
                     self.exchange.as_str().into(),
                     routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     body.as_bytes(),
                     properties,
                 )
                 .await?;
             confirms.push((row.get::<_, i64>(0), event_id, confirm));
         }
-        let mut sent = Vec::with_capacity(confirms.len());
+        // lapin attaches a returned message to the next confirmation it resolves, which need
+        // not be the returned message's own (acks may cover several messages): returned
+        // messages are matched to their rows by message id, never by position.
+        let mut acked = Vec::with_capacity(confirms.len());
+        let mut returned_ids = HashSet::new();
         let mut nacked = None;
         for (id, event_id, confirm) in confirms {
-            if confirm.await?.is_ack() {
-                sent.push(id);
+            let confirmation = confirm.await?;
+            let ack = confirmation.is_ack();
+            if let Some(message) = confirmation.take_message() {
+                let returned_id = message
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    event_id = %returned_id,
+                    routing_key = %message.delivery.routing_key,
+                    exchange = %self.exchange,
+                    reply = %message.reply_text,
+                    "RabbitMQ returned an event as unroutable (no queue bound); it stays in the outbox"
+                );
+                returned_ids.insert(returned_id);
+            }
+            if ack {
+                acked.push((id, event_id));
             } else {
                 nacked.get_or_insert(event_id);
             }
         }
+        let (returned, sent): (Vec<_>, Vec<_>) = acked
+            .into_iter()
+            .partition(|(_, event_id)| returned_ids.contains(event_id));
+        let sent: Vec<i64> = sent.into_iter().map(|(id, _)| id).collect();
+        let returned: Vec<i64> = returned.into_iter().map(|(id, _)| id).collect();
         tx.execute(
             "UPDATE outbox SET sent_at = now() WHERE id = ANY($1)",
             &[&sent],
         )
         .await?;
+        if !returned.is_empty() {
+            let cap = self.unroutable_retry_max.as_secs_f64();
+            tx.execute(
+                "UPDATE outbox SET returns = returns + 1, \
+                 retry_at = now() + least(power(2::float8, least(returns, 30)), $2::float8) \
+                 * interval '1 second' WHERE id = ANY($1)",
+                &[&returned, &cap],
+            )
+            .await?;
+        }
         tx.commit().await?;
         drop(conn);
         self.metrics
             .events_published
             .fetch_add(sent.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .events_returned
+            .fetch_add(returned.len() as u64, Ordering::Relaxed);
         self.count_pending().await;
         tracing::debug!(published = sent.len(), "outbox round");
         if let Some(event_id) = nacked {
@@ -248,7 +305,8 @@ impl Relay {
         let counted = conn
             .query_one(
                 "SELECT count(*), \
-                        COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 \
+                        COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8, \
+                        count(*) FILTER (WHERE returns > 0) \
                  FROM outbox WHERE sent_at IS NULL",
                 &[],
             )
@@ -259,6 +317,10 @@ impl Relay {
         if let Ok(row) = counted {
             let pending: i64 = row.get(0);
             let oldest: f64 = row.get(1);
+            let unroutable: i64 = row.get(2);
+            self.metrics
+                .outbox_unroutable
+                .store(u64::try_from(unroutable).unwrap_or(0), Ordering::Relaxed);
             self.metrics
                 .outbox_pending
                 .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);

@@ -16,6 +16,11 @@
 //! | `ingest_rejections_total{reason}` | clips rejected, by kind of reason (`verify::REASON_LABELS`) |
 //! | `ingest_outbox_pending` | events in the outbox not yet confirmed (last relay round) |
 //! | `ingest_outbox_oldest_seconds` | age of the oldest of those events (0 when none) |
+//! | `ingest_events_returned_total` | publishes RabbitMQ returned as unroutable (the event stays in the outbox) |
+//! | `ingest_outbox_unroutable` | events in the outbox that were returned as unroutable and not delivered since |
+//! | `ingest_notifications_in_hand` | notifications received from the broker and not yet acknowledged |
+//! | `ingest_consumer_idle_seconds` | time since the consumer last made progress (0 while nothing is in hand) |
+//! | `ingest_pruned_total{table}` | rows deleted by the retention job: `outbox` (sent events), `poison` |
 //! | `ingest_retries_total{stage}` | transient failures retried: `verify`, `catalog`, `relay` |
 //! | `ingest_batch_seconds_sum/_count` | time from batch start to catalog commit |
 //! | `ingest_verify_seconds_sum/_count` | time to decide on one clip against the object store |
@@ -26,7 +31,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::verify::{REASON_LABELS, reason_label};
 
@@ -54,6 +59,12 @@ pub struct Metrics {
     pub rejections: [AtomicU64; REASON_LABELS.len()],
     pub outbox_pending: AtomicU64,
     pub outbox_oldest_secs: AtomicU64,
+    pub events_returned: AtomicU64,
+    pub outbox_unroutable: AtomicU64,
+    /// Whether the consumer moves: see [`Progress`].
+    pub progress: Progress,
+    pub pruned_outbox: AtomicU64,
+    pub pruned_poison: AtomicU64,
     pub retries_verify: AtomicU64,
     pub retries_catalog: AtomicU64,
     pub retries_relay: AtomicU64,
@@ -68,6 +79,77 @@ pub struct Metrics {
     pub api_forbidden: AtomicU64,
     pub clip_urls_issued: AtomicU64,
     pub jwks_fetch_failures: AtomicU64,
+}
+
+/// Whether the consumer makes progress, for `/readyz` (definitions in docs/ingest.md,
+/// "Readiness").
+///
+/// - **In hand**: notifications the MQTT link passed to the worker that the worker has not yet
+///   acknowledged to the broker (being verified, waiting for or in the catalog commit).
+/// - **Progress**: one notification decided (verified, or refused by its own checks) or one
+///   batch committed. A retried failure (the store or PostgreSQL does not answer) is not
+///   progress.
+/// - **Stalled**: something is in hand, and the last progress, or the moment work arrived
+///   when nothing was in hand before, is longer ago than `http.stalled_after`.
+#[derive(Debug)]
+pub struct Progress {
+    epoch: Instant,
+    in_hand: AtomicU64,
+    /// Milliseconds since `epoch` of the last progress or of work arriving while idle.
+    last_millis: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            in_hand: AtomicU64::new(0),
+            last_millis: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Progress {
+    fn now_millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A notification was handed to the worker.
+    pub fn received(&self) {
+        if self.in_hand.fetch_add(1, Ordering::AcqRel) == 0 {
+            // The clock starts when work arrives, not at the last progress of long ago.
+            self.last_millis.store(self.now_millis(), Ordering::Release);
+        }
+    }
+
+    /// Something was decided or committed.
+    pub fn advanced(&self) {
+        self.last_millis.store(self.now_millis(), Ordering::Release);
+    }
+
+    /// `count` notifications were acknowledged (or abandoned at shutdown).
+    pub fn done(&self, count: usize) {
+        let count = count as u64;
+        let _ = self
+            .in_hand
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(count))
+            });
+        self.advanced();
+    }
+
+    pub fn in_hand(&self) -> u64 {
+        self.in_hand.load(Ordering::Acquire)
+    }
+
+    /// How long the consumer has not moved while work is in hand; zero when nothing is.
+    pub fn idle(&self) -> Duration {
+        if self.in_hand() == 0 {
+            return Duration::ZERO;
+        }
+        let last = self.last_millis.load(Ordering::Acquire);
+        Duration::from_millis(self.now_millis().saturating_sub(last))
+    }
 }
 
 impl Metrics {
@@ -147,6 +229,47 @@ impl Metrics {
              # TYPE ingest_outbox_oldest_seconds gauge\n\
              ingest_outbox_oldest_seconds {}",
             get(&self.outbox_oldest_secs)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_events_returned_total Publishes RabbitMQ returned as unroutable \
+             (no queue bound; the event stays in the outbox).\n\
+             # TYPE ingest_events_returned_total counter\n\
+             ingest_events_returned_total {}",
+            get(&self.events_returned)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_outbox_unroutable Outbox events returned as unroutable and not \
+             delivered since.\n\
+             # TYPE ingest_outbox_unroutable gauge\n\
+             ingest_outbox_unroutable {}",
+            get(&self.outbox_unroutable)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_notifications_in_hand Notifications received and not yet \
+             acknowledged.\n\
+             # TYPE ingest_notifications_in_hand gauge\n\
+             ingest_notifications_in_hand {}",
+            self.progress.in_hand()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_consumer_idle_seconds Time since the consumer last made progress \
+             while notifications are in hand.\n\
+             # TYPE ingest_consumer_idle_seconds gauge\n\
+             ingest_consumer_idle_seconds {:.3}",
+            self.progress.idle().as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_pruned_total Rows deleted by the retention job, by table.\n\
+             # TYPE ingest_pruned_total counter\n\
+             ingest_pruned_total{{table=\"outbox\"}} {}\n\
+             ingest_pruned_total{{table=\"poison\"}} {}",
+            get(&self.pruned_outbox),
+            get(&self.pruned_poison)
         );
         let _ = writeln!(
             out,

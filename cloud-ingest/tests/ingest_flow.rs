@@ -472,3 +472,222 @@ async fn the_real_binary_serves_logs_json_and_drains_on_sigterm() -> Result<()> 
     }
     Ok(())
 }
+
+/// Whether the relay has dealt with the outbox row of `event_id`: RabbitMQ returned it as
+/// unroutable (the metric says so), or the row was marked sent.
+async fn relay_tried(
+    ingest: &Ingest,
+    db: &tokio_postgres::Client,
+    event_id: &str,
+) -> Result<Option<()>> {
+    let returned = ingest
+        .metric("ingest_events_returned_total")
+        .await
+        .unwrap_or(0.0);
+    let sent: bool = db
+        .query_one(
+            "SELECT sent_at IS NOT NULL FROM outbox WHERE event_id = $1",
+            &[&event_id],
+        )
+        .await?
+        .get(0);
+    Ok((returned >= 1.0 || sent).then_some(()))
+}
+
+#[tokio::test]
+async fn an_event_published_before_the_core_systems_queue_is_bound_arrives_once_it_is() -> Result<()>
+{
+    let stack = Stack::start().await?;
+    // The exchange exists (the ingest declares it) but no queue is bound to it yet.
+    let names = stack.rabbit.names();
+    let ingest = Ingest::start(stack.config(&names.exchange, "")?).await?;
+    ingest.wait_ready().await?;
+    let mut device = Device::connect(&stack.broker, "pi-07").await?;
+
+    let (content, mut uploaded) = clip("SO-UNBOUND-1", 4_000);
+    put(&stack.garage, &mut uploaded, content).await?;
+    device.notify(&uploaded).await?;
+    assert_eq!(
+        device.confirm_of(&uploaded.clip_id).await?.verdict,
+        Verdict::Accepted
+    );
+    let event_id = format!("{}:clip.completed", uploaded.clip_id);
+    let db = stack.db.connect().await?;
+    wait_until("the relay publishing the event", DEADLINE, || {
+        relay_tried(&ingest, &db, &event_id)
+    })
+    .await?;
+
+    // Nobody could receive it: it is still owed, and the metrics say why.
+    let sent: bool = db
+        .query_one(
+            "SELECT sent_at IS NOT NULL FROM outbox WHERE event_id = $1",
+            &[&event_id],
+        )
+        .await?
+        .get(0);
+    assert!(
+        !sent,
+        "the event was marked sent although no queue could receive it"
+    );
+    let returns: i32 = db
+        .query_one(
+            "SELECT returns FROM outbox WHERE event_id = $1",
+            &[&event_id],
+        )
+        .await?
+        .get(0);
+    assert!(returns >= 1, "returns = {returns}");
+    wait_until("the unroutable gauge", DEADLINE, || async {
+        let unroutable = ingest.metric("ingest_outbox_unroutable").await?;
+        Ok((unroutable == 1.0).then_some(()))
+    })
+    .await?;
+
+    // The core system binds its queue: the next try delivers the event, with its stable id.
+    let mut core = CoreSystem::bind_names(&stack.rabbit, &names.exchange, &names.queue).await?;
+    let (routing_key, event) = core.next_event().await?;
+    assert_eq!(routing_key, "clip.completed");
+    assert_eq!(event.id, event_id);
+    wait_until("the outbox drained", DEADLINE, || async {
+        let unsent: i64 = db
+            .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
+            .await?
+            .get(0);
+        let unroutable = ingest.metric("ingest_outbox_unroutable").await?;
+        Ok((unsent == 0 && unroutable == 0.0).then_some(()))
+    })
+    .await?;
+    assert!(ingest.metric("ingest_events_returned_total").await? >= 1.0);
+    assert_eq!(ingest.metric("ingest_events_published_total").await?, 1.0);
+    ingest.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sent_events_and_poison_rows_past_their_retention_are_pruned_and_unsent_events_kept()
+-> Result<()> {
+    let stack = Stack::start().await?;
+    let names = stack.rabbit.names();
+    let config = stack.config(&names.exchange, "")?;
+    // The default retention: sent events 7 days, poison rows 30 days.
+    cloud_ingest::migrate(&config).await?;
+    let db = stack.db.connect().await?;
+    for (event_id, created_days, sent_days) in [
+        ("old-sent", 9, Some(8)),
+        ("recent-sent", 2, Some(1)),
+        ("old-unsent", 40, None),
+    ] {
+        db.execute(
+            "INSERT INTO outbox (event_id, routing_key, body, created_at, sent_at) \
+             VALUES ($1, 'clip.completed', '{}', now() - $2 * interval '1 day', \
+                     now() - $3 * interval '1 day')",
+            &[
+                &event_id,
+                &f64::from(created_days),
+                &sent_days.map(f64::from),
+            ],
+        )
+        .await?;
+    }
+    for (topic, days) in [("old-poison", 31.0), ("recent-poison", 1.0)] {
+        db.execute(
+            "INSERT INTO poison (topic, payload, error, received_at) \
+             VALUES ($1, 'x', 'unreadable', now() - $2 * interval '1 day')",
+            &[&topic, &days],
+        )
+        .await?;
+    }
+
+    let ingest = Ingest::start(config).await?;
+    wait_until("rows past their retention deleted", DEADLINE, || async {
+        let outbox: i64 = db
+            .query_one(
+                "SELECT count(*) FROM outbox WHERE event_id = 'old-sent'",
+                &[],
+            )
+            .await?
+            .get(0);
+        let poison: i64 = db
+            .query_one(
+                "SELECT count(*) FROM poison WHERE topic = 'old-poison'",
+                &[],
+            )
+            .await?
+            .get(0);
+        // The job counts what it deleted once its round is over.
+        let counted = ingest
+            .metric("ingest_pruned_total{table=\"outbox\"}")
+            .await
+            .unwrap_or(0.0)
+            + ingest
+                .metric("ingest_pruned_total{table=\"poison\"}")
+                .await
+                .unwrap_or(0.0);
+        Ok((outbox == 0 && poison == 0 && counted == 2.0).then_some(()))
+    })
+    .await?;
+    let kept: Vec<String> = db
+        .query("SELECT event_id FROM outbox ORDER BY event_id", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        kept,
+        ["old-unsent", "recent-sent"],
+        "an unsent event is never pruned"
+    );
+    let kept: Vec<String> = db
+        .query("SELECT topic FROM poison", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(kept, ["recent-poison"]);
+    assert_eq!(
+        ingest
+            .metric("ingest_pruned_total{table=\"outbox\"}")
+            .await?,
+        1.0
+    );
+    assert_eq!(
+        ingest
+            .metric("ingest_pruned_total{table=\"poison\"}")
+            .await?,
+        1.0
+    );
+    ingest.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_oversized_unreadable_payload_is_stored_cut_to_the_cap_with_its_size() -> Result<()> {
+    let stack = Stack::start().await?;
+    let core = CoreSystem::bind(&stack.rabbit).await?;
+    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    ingest.wait_ready().await?;
+    let device = Device::connect(&stack.broker, "pi-07").await?;
+
+    // 200 kB that are not JSON; the default cap is 64 KiB.
+    device.publish_raw(vec![b'#'; 200_000]).await?;
+    let db = stack.db.connect().await?;
+    let stored: i32 = wait_until("the poison row", DEADLINE, || async {
+        let row = db
+            .query_opt("SELECT octet_length(payload) FROM poison", &[])
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    })
+    .await?;
+    assert_eq!(stored, 65_536, "payload stored with {stored} bytes");
+    let (size, error): (i64, String) = {
+        let row = db
+            .query_one("SELECT payload_size, error FROM poison", &[])
+            .await?;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(size, 200_000);
+    assert!(!error.is_empty());
+    ingest.stop().await?;
+    Ok(())
+}

@@ -1,13 +1,16 @@
-//! Outages of RabbitMQ and PostgreSQL delay work and lose none.
+//! Outages of RabbitMQ and PostgreSQL delay work and lose none; a store or a catalog that
+//! accepts and never answers costs retries and turns `/readyz` red, never a hung consumer.
 
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use capture_protocol::{Uploaded, Verdict};
 use capture_tests::fixtures::{Garage, Mosquitto, PgServer, RabbitMq, wait_until};
 use common::{CoreSystem, DEADLINE, Device, Ingest, Servers, clip, put};
+use serde_json::json;
 
 async fn put_clips(garage: &Garage, order: &str, n: usize) -> Result<Vec<Uploaded>> {
     let mut clips = Vec::new();
@@ -160,6 +163,175 @@ async fn the_ingest_recovers_by_itself_after_postgres_restarts() -> Result<()> {
         .await?
         .get(0);
     assert_eq!(clips, 2);
+    ingest.stop().await?;
+    Ok(())
+}
+
+/// An object store that accepts connections and never answers: every socket is held open,
+/// nothing is read or written.
+async fn hung_store() -> Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    Ok((endpoint, task))
+}
+
+/// The servers of one ingest against a fresh database on the shared PostgreSQL.
+struct Stack {
+    broker: Mosquitto,
+    garage: Garage,
+    db: capture_tests::fixtures::PgDatabase,
+    rabbit: RabbitMq,
+    secrets: tempfile::TempDir,
+}
+
+impl Stack {
+    async fn start() -> Result<Stack> {
+        let (broker, garage, db) = tokio::try_join!(
+            Mosquitto::start(),
+            Garage::start(),
+            capture_tests::fixtures::PgDatabase::create()
+        )?;
+        Ok(Stack {
+            broker,
+            garage,
+            db,
+            rabbit: RabbitMq::shared(),
+            secrets: tempfile::tempdir()?,
+        })
+    }
+
+    fn config(&self, exchange: &str) -> Result<cloud_ingest::config::Config> {
+        Servers {
+            broker: &self.broker,
+            garage: &self.garage,
+            pg_url: self.db.url(),
+            amqp_url: self.rabbit.url(),
+            exchange,
+            secrets: &self.secrets,
+        }
+        .config("")
+    }
+}
+
+/// A config whose store is `endpoint`, with short request bounds.
+fn against_store(
+    mut config: cloud_ingest::config::Config,
+    endpoint: &str,
+) -> cloud_ingest::config::Config {
+    config.store.endpoint = endpoint.to_owned();
+    config.store.attempt_timeout = Duration::from_secs(1);
+    config.store.operation_timeout = Duration::from_secs(3);
+    config
+}
+
+#[tokio::test]
+async fn verification_against_a_store_that_never_answers_fails_instead_of_hanging() -> Result<()> {
+    let stack = Stack::start().await?;
+    let (endpoint, _store) = hung_store().await?;
+    let config = against_store(stack.config("capture.unused")?, &endpoint);
+    let verifier = cloud_ingest::verify::Verifier::new(
+        cloud_ingest::store_client(&config, &config.secrets()?),
+        config.store.bucket.clone(),
+        config.store.verify,
+    );
+    let (_, mut uploaded) = clip("SO-HUNG-STORE", 100);
+    uploaded.bucket = config.store.bucket.clone();
+
+    let outcome = tokio::time::timeout(DEADLINE, verifier.verify(&uploaded))
+        .await
+        .context("verification against a hung store did not return within the deadline")?;
+    let error = outcome.expect_err("a store that never answers cannot verify a clip");
+    assert!(
+        error.message.contains("HEAD failed") && error.message.contains("timeout"),
+        "{error}: the HEAD request timed out"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_stuck_on_a_store_that_never_answers_turns_readyz_red() -> Result<()> {
+    let stack = Stack::start().await?;
+    let (endpoint, _store) = hung_store().await?;
+    let core = CoreSystem::bind(&stack.rabbit).await?;
+    let mut config = against_store(stack.config(&core.exchange)?, &endpoint);
+    config.http.stalled_after = Duration::from_secs(3);
+    let ingest = Ingest::start(config.clone()).await?;
+    // Nothing in hand: ready, however long nothing happens.
+    ingest.wait_ready().await?;
+
+    let device = Device::connect(&stack.broker, "pi-07").await?;
+    let (_, mut uploaded) = clip("SO-HUNG-STORE", 100);
+    uploaded.bucket = config.store.bucket.clone();
+    device.notify(&uploaded).await?;
+
+    let ready = wait_until("/readyz turning red", DEADLINE, || async {
+        let (code, body) = ingest.get_json("/readyz").await?;
+        Ok((code == 503).then_some(body))
+    })
+    .await?;
+    assert_eq!(ready["consumer"]["progressing"], json!(false), "{ready}");
+    assert_eq!(ready["consumer"]["in_hand"], json!(1), "{ready}");
+    // The dependencies themselves are fine; the consumer is what does not move.
+    assert_eq!(ready["mqtt"], json!(true), "{ready}");
+    assert_eq!(ready["postgres"], json!(true), "{ready}");
+    assert_eq!(ready["amqp"], json!(true), "{ready}");
+    // It is not hanging on one request: each attempt fails and is retried.
+    wait_until("verification retried", DEADLINE, || async {
+        let retries = ingest
+            .metric("ingest_retries_total{stage=\"verify\"}")
+            .await?;
+        Ok((retries >= 2.0).then_some(()))
+    })
+    .await?;
+    assert_eq!(ingest.metric("ingest_notifications_in_hand").await?, 1.0);
+    assert!(ingest.metric("ingest_consumer_idle_seconds").await? >= 3.0);
+    ingest.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_catalog_lock_held_elsewhere_costs_retries_not_a_stuck_consumer() -> Result<()> {
+    let stack = Stack::start().await?;
+    let mut core = CoreSystem::bind(&stack.rabbit).await?;
+    let mut config = stack.config(&core.exchange)?;
+    config.postgres.statement_timeout = Duration::from_secs(1);
+    let ingest = Ingest::start(config).await?;
+    ingest.wait_ready().await?;
+    let mut device = Device::connect(&stack.broker, "pi-07").await?;
+
+    // Someone (a migration, an operator's psql) holds the clips table.
+    let mut holder = stack.db.connect().await?;
+    let lock = holder.transaction().await?;
+    lock.batch_execute("LOCK TABLE clips IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    let clips = put_clips(&stack.garage, "SO-LOCKED", 1).await?;
+    device.notify(&clips[0]).await?;
+    wait_until(
+        "the blocked commit cancelled and retried",
+        DEADLINE,
+        || async {
+            let retries = ingest
+                .metric("ingest_retries_total{stage=\"catalog\"}")
+                .await?;
+            Ok((retries >= 2.0).then_some(()))
+        },
+    )
+    .await?;
+
+    // The lock goes away: the next try commits, confirms and announces the clip.
+    lock.rollback().await?;
+    assert_eq!(
+        device.confirm_of(&clips[0].clip_id).await?.verdict,
+        Verdict::Accepted
+    );
+    let (_, event) = core.next_event().await?;
+    assert_eq!(event.data.clip_id, clips[0].clip_id);
     ingest.stop().await?;
     Ok(())
 }

@@ -15,6 +15,15 @@
 //! - **Addressing style is a setting**: OBS refuses path-style requests on its regional
 //!   endpoints (virtual-hosted style), Garage in tests is addressed path style.
 //! - **rustls with ring**, which cross-compiles for the Pi without a C toolchain for aws-lc.
+//! - **Nothing waits forever.** Besides the connect timeout, one attempt of a request
+//!   (connect, send, the answer's headers) is bounded by `attempt_timeout` and the whole
+//!   request with its retries by `operation_timeout`: a store that accepts connections and
+//!   never answers fails the request. A per-attempt bound must exceed the slowest legitimate
+//!   request: for a request with a large body under a bandwidth cap (an 8 MiB part at
+//!   256 kbit/s takes 262 s) that is far too long to catch a hung store, so the agent's
+//!   uploader switches both off ([`StoreSettings::without_request_timeouts`]) and abandons a
+//!   request whose body has not moved, or that got no answer, for its stall timeout instead
+//!   (docs/upload.md).
 
 #![forbid(unsafe_code)]
 
@@ -50,11 +59,18 @@ pub struct StoreSettings {
     pub max_attempts: u32,
     /// Connection timeout; a request that cannot connect in this time fails fast.
     pub connect_timeout: Duration,
+    /// The longest one attempt may take (connect, send the request, receive the answer's
+    /// headers); `None`: unbounded. Streaming a response body is not covered: the SDK's
+    /// stalled-stream protection fails a body that stops moving.
+    pub attempt_timeout: Option<Duration>,
+    /// The longest one request may take with all its attempts and the pauses between them;
+    /// `None`: unbounded.
+    pub operation_timeout: Option<Duration>,
 }
 
 impl StoreSettings {
     /// Settings with the defaults the capture system uses: virtual-hosted style, three
-    /// attempts, a 5 s connect timeout.
+    /// attempts, a 5 s connect timeout, 30 s per attempt, 2 min per request.
     pub fn new(
         endpoint: impl Into<String>,
         region: impl Into<String>,
@@ -69,7 +85,25 @@ impl StoreSettings {
             secret_access_key: secret_access_key.into(),
             max_attempts: 3,
             connect_timeout: Duration::from_secs(5),
+            attempt_timeout: Some(Duration::from_secs(30)),
+            operation_timeout: Some(Duration::from_secs(120)),
         }
+    }
+
+    /// The same settings with these per-attempt and per-request bounds.
+    pub fn with_request_timeouts(mut self, attempt: Duration, operation: Duration) -> Self {
+        self.attempt_timeout = Some(attempt);
+        self.operation_timeout = Some(operation);
+        self
+    }
+
+    /// The same settings without per-attempt and per-request bounds, for a caller that
+    /// watches its requests' progress itself (the agent's uploader: see the crate
+    /// documentation).
+    pub fn without_request_timeouts(mut self) -> Self {
+        self.attempt_timeout = None;
+        self.operation_timeout = None;
+        self
     }
 
     /// The same settings addressed path style (Garage, MinIO).
@@ -89,6 +123,8 @@ impl fmt::Debug for StoreSettings {
             .field("secret_access_key", &"<redacted>")
             .field("max_attempts", &self.max_attempts)
             .field("connect_timeout", &self.connect_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("operation_timeout", &self.operation_timeout)
             .finish()
     }
 }
@@ -105,6 +141,10 @@ pub fn client(settings: &StoreSettings) -> Client {
         None,
         "capture-static",
     );
+    let mut timeouts = TimeoutConfig::builder().connect_timeout(settings.connect_timeout);
+    timeouts
+        .set_operation_attempt_timeout(settings.attempt_timeout)
+        .set_operation_timeout(settings.operation_timeout);
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::v2026_01_12())
         .http_client(http)
@@ -115,11 +155,7 @@ pub fn client(settings: &StoreSettings) -> Client {
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(settings.connect_timeout)
-                .build(),
-        )
+        .timeout_config(timeouts.build())
         .build();
     Client::from_conf(config)
 }
@@ -151,5 +187,22 @@ mod tests {
             config.response_checksum_validation(),
             Some(&ResponseChecksumValidation::WhenRequired)
         );
+        let timeouts = config.timeout_config().expect("timeouts");
+        assert_eq!(
+            timeouts.operation_attempt_timeout(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(timeouts.operation_timeout(), Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn a_caller_that_watches_progress_can_switch_the_request_bounds_off() {
+        let settings = StoreSettings::new("http://127.0.0.1:3900", "garage", "GKid", "secret")
+            .without_request_timeouts();
+        let client = client(&settings);
+        let timeouts = client.config().timeout_config().expect("timeouts");
+        assert_eq!(timeouts.connect_timeout(), Some(Duration::from_secs(5)));
+        assert_eq!(timeouts.operation_attempt_timeout(), None);
+        assert_eq!(timeouts.operation_timeout(), None);
     }
 }

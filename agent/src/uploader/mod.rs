@@ -174,7 +174,10 @@ pub fn store_settings(config: &Config, secrets: &Secrets) -> capture_objstore::S
         &secrets.access_key_id,
         &secrets.secret_access_key,
     )
-    .with_path_style(config.store.path_style);
+    .with_path_style(config.store.path_style)
+    // A per-attempt bound would have to exceed the slowest legitimate part (8 MiB at
+    // 256 kbit/s: 262 s); the uploader's stall timeout catches a hung store instead.
+    .without_request_timeouts();
     settings.max_attempts = 1;
     settings
 }
@@ -774,6 +777,11 @@ mod tests {
         };
         let store = store_settings(&config, &secrets);
         assert_eq!(store.max_attempts, 1);
+        // The stall timeout watches requests; SDK bounds would cut slow capped parts.
+        assert_eq!(
+            (store.attempt_timeout, store.operation_timeout),
+            (None, None)
+        );
         assert!(!store.path_style, "OBS is addressed virtual-hosted style");
         assert!(!format!("{store:?}").contains("s3cr3t-value"));
         let client = capture_objstore::client(&store);
