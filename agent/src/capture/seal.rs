@@ -207,6 +207,7 @@ pub fn hash_file(path: &Path) -> Result<(u64, String), CaptureError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
+    let pace = SealReadPace::start();
     loop {
         let n = file
             .read(&mut buf)
@@ -216,8 +217,47 @@ pub fn hash_file(path: &Path) -> Result<(u64, String), CaptureError> {
         }
         hasher.update(&buf[..n]);
         size += n as u64;
+        pace.wait(size);
     }
     Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// The environment variable that caps the seal's read rate, in bytes per second: a test
+/// hook (like `CAPTURE_AGENT_FAILPOINT`) that makes a seal last as long as an hour-long
+/// clip's does on a Pi's SD card, without recording for an hour. Unset in production, where
+/// it is one cached environment lookup per seal.
+pub const SEAL_READ_BPS_VAR: &str = "CAPTURE_AGENT_SEAL_READ_BPS";
+
+/// Holds the seal's read back to [`SEAL_READ_BPS_VAR`] bytes per second, when set.
+struct SealReadPace {
+    bytes_per_second: Option<u64>,
+    started: std::time::Instant,
+}
+
+impl SealReadPace {
+    fn start() -> SealReadPace {
+        static RATE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        let bytes_per_second = *RATE.get_or_init(|| {
+            std::env::var(SEAL_READ_BPS_VAR)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&rate: &u64| rate > 0)
+        });
+        SealReadPace {
+            bytes_per_second,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Sleeps until reading `done` bytes is due at the capped rate.
+    fn wait(&self, done: u64) {
+        if let Some(rate) = self.bytes_per_second {
+            let due = Duration::from_secs_f64(done as f64 / rate as f64);
+            if let Some(early) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(early);
+            }
+        }
+    }
 }
 
 /// Fsyncs the directory holding `path`, so a rename or create in it is durable.
