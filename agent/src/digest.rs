@@ -95,7 +95,7 @@ impl PartDigests {
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("part size {part_size} is not positive"))?;
-        if blob.len() % 16 != 0 {
+        if !blob.len().is_multiple_of(16) {
             return Err(format!(
                 "{} bytes of part MD5s, not a multiple of 16",
                 blob.len()
