@@ -10,12 +10,13 @@
 //! side in a process of its own run under `/usr/bin/time`: wall seconds, CPU seconds (user +
 //! sys) and peak RSS of that process alone (Garage is another process, not counted). The
 //! agent's side is this same binary started again in child mode: it opens a spool, seals a
-//! clip row for the file (size and sha256 known, as after recording) and runs the
-//! `Uploader` until the clip is `uploaded`. Every upload is checked by HEAD (size).
+//! clip row for the file (size, sha256 and part MD5s known, as after recording: the seal
+//! computes them in its one read) and runs the `Uploader` until the clip is `uploaded`.
+//! Every upload is checked by HEAD (size).
 //!
-//! It also times the MD5 pass over the file alone ([`md5_of_region`] by parts), the one cost
-//! the uploader adds over a plain PUT: `Content-MD5` needs each part read once before it is
-//! sent.
+//! It also times the seal's read alone ([`digest_file`]: sha256 and the MD5 of each 8 MiB
+//! part in one pass), the cost the agent pays once per clip at seal time so that the
+//! uploader reads each byte only to send it.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -26,9 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use capture_agent::digest::{PartDigests, digest_file};
 use capture_agent::spool::{self, ClipState, NewClip, Sealed, Spool, clips};
 use capture_agent::telemetry::Metrics;
-use capture_agent::uploader::{Uploader, UploaderSettings, md5_of_region};
+use capture_agent::uploader::{Uploader, UploaderSettings};
 use capture_tests::fixtures::Garage;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
@@ -93,14 +95,15 @@ async fn bench(size: u64, rounds: u64) -> Result<()> {
 
     let md5_cpu_before = process_cpu_seconds()?;
     let md5_started = Instant::now();
-    let part = 8 * MIB;
-    let mut offset = 0;
-    while offset < size {
-        md5_of_region(&file, offset, part.min(size - offset)).await?;
-        offset += part;
-    }
+    let digests = digest_file(&file, 8 * MIB)?;
     let md5_secs = md5_started.elapsed().as_secs_f64();
     let md5_cpu = process_cpu_seconds()? - md5_cpu_before;
+    if digests.sha256 != sha256 {
+        bail!(
+            "the seal's read hashed {} to another sha256",
+            file.display()
+        );
+    }
 
     let mut results: Vec<(&str, Measured)> = Vec::new();
     for round in 0..rounds {
@@ -127,7 +130,15 @@ async fn bench(size: u64, rounds: u64) -> Result<()> {
                         .env("UPLOAD_BENCH_KEY_ID", &settings.access_key_id)
                         .env("UPLOAD_BENCH_SECRET_FILE", &secret_file)
                         .env("UPLOAD_BENCH_FILE", &file)
-                        .env("UPLOAD_BENCH_SHA256", &sha256);
+                        .env("UPLOAD_BENCH_SHA256", &sha256)
+                        .env(
+                            "UPLOAD_BENCH_PART_SIZE",
+                            digests.parts.part_size.to_string(),
+                        )
+                        .env(
+                            "UPLOAD_BENCH_PART_MD5S",
+                            hex::encode(digests.parts.to_blob()),
+                        );
                 }
                 "rclone copyto" => {
                     command
@@ -235,7 +246,8 @@ async fn bench(size: u64, rounds: u64) -> Result<()> {
     }
     writeln!(
         table,
-        "\nMD5 pass alone over the file (8 MiB regions, in this process): {md5_secs:.2} s wall, \
+        "\nThe seal's read alone (sha256 and the MD5 of each 8 MiB part, one pass, in this \
+         process; paid once per clip at seal time, not by the uploader): {md5_secs:.2} s wall, \
          {md5_cpu:.2} CPU s ({:.0} MB per CPU second)",
         size as f64 / 1e6 / md5_cpu.max(0.01)
     )?;
@@ -362,10 +374,17 @@ async fn child() -> Result<()> {
         clock_synced: true,
         meta: None,
     };
+    let parts = PartDigests::from_blob(
+        var("UPLOAD_BENCH_PART_SIZE")?.parse()?,
+        &hex::decode(var("UPLOAD_BENCH_PART_MD5S")?)?,
+        size,
+    )
+    .map_err(anyhow::Error::msg)?;
     let sealed = Sealed {
         path: file.display().to_string(),
         size: i64::try_from(size)?,
         sha256: var("UPLOAD_BENCH_SHA256")?,
+        parts,
         duration_ms: 1000,
         ended_at: capture_protocol::Timestamp::now().to_string(),
         truncated: false,

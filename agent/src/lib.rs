@@ -7,6 +7,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod digest;
 pub mod disk;
 pub mod link;
 pub mod spool;

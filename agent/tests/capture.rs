@@ -20,6 +20,7 @@ fn request(dir: &std::path::Path, clip_id: &str, order: &str) -> RecordingReques
         dir: dir.to_path_buf(),
         preroll: None,
         postroll: None,
+        part_size: capture_agent::digest::DEFAULT_PART_SIZE,
     }
 }
 
@@ -90,9 +91,14 @@ async fn a_clip_holds_preroll_recorded_time_and_postroll_and_starts_on_a_keyfram
     assert_eq!(clip.size, bytes.len() as u64);
     assert_eq!(
         clip.sha256,
-        capture_agent::capture::seal::hash_file(&clip.path)
+        capture_agent::capture::seal::digest_file(&clip.path, 8 << 20)
             .unwrap()
-            .1
+            .sha256
+    );
+    assert_eq!(
+        clip.parts.etag(),
+        hex::encode(capture_agent::uploader::md5_of_file(&clip.path).unwrap()),
+        "a clip of one part: its MD5, from the seal's one read"
     );
     assert!(clip.started_at.is_some());
     camera.shutdown().await;
@@ -240,7 +246,7 @@ async fn a_part_file_cut_mid_fragment_seals_to_its_complete_frames() {
     // Cut it at an arbitrary byte, as a power cut would.
     let cut_part = dir.path().join("cut.mp4.part");
     fs::write(&cut_part, &whole[..whole.len() * 2 / 3]).unwrap();
-    let sealed = seal_part_file(&cut_part).unwrap();
+    let sealed = seal_part_file(&cut_part, 8 << 20).unwrap();
     assert!(sealed.truncated);
     assert_eq!(sealed.path, dir.path().join("cut.mp4"));
     assert!(!cut_part.exists());
@@ -256,5 +262,5 @@ async fn a_part_file_cut_mid_fragment_seals_to_its_complete_frames() {
     );
 
     // Sealing again after a crash mid-seal is harmless: nothing left to seal.
-    assert!(seal_part_file(&cut_part).is_err());
+    assert!(seal_part_file(&cut_part, 8 << 20).is_err());
 }

@@ -56,7 +56,7 @@ fn record_killed_with_sigkill_leaves_a_file_that_seals_and_plays() {
     let before = inspect(&part).unwrap();
     assert!(before.starts_on_keyframe);
 
-    let sealed = seal_part_file(&part).unwrap();
+    let sealed = seal_part_file(&part, 8 << 20).unwrap();
     assert_eq!(sealed.path, out);
     assert!(sealed.truncated);
     let decoded = decode(&out);

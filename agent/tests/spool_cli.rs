@@ -55,6 +55,10 @@ async fn spool_lists_clips_by_state_with_bytes_and_the_last_upload_error() {
                     path: format!("/spool/{id}.mp4"),
                     size,
                     sha256: "00".repeat(32),
+                    parts: capture_agent::digest::PartDigests {
+                        part_size: 8 << 20,
+                        md5s: vec![[0; 16]],
+                    },
                     duration_ms: 5000,
                     ended_at: "2026-11-23T10:06:00Z".into(),
                     truncated: false,

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use capture_agent::digest::digest_file;
 use capture_agent::spool::{self, ClipRow, ClipState, NewClip, Sealed, Spool, clips, multipart};
 use capture_agent::telemetry::Metrics;
 use capture_agent::uploader::{
@@ -93,7 +94,7 @@ impl Station {
     }
 
     /// A sealed clip of `size` random bytes, as the capture engine leaves it: the file in
-    /// `clips/`, the row `sealed` with size and sha256.
+    /// `clips/`, the row `sealed` with size, sha256 and the part MD5s of the seal's read.
     async fn sealed_clip(&self, kind: &str, size: u64, meta: Option<&str>) -> Result<ClipRow> {
         let clip_id = ulid::Ulid::new().to_string();
         let extension = if kind == "photo" { "jpg" } else { "mp4" };
@@ -103,6 +104,8 @@ impl Station {
             .join("clips")
             .join(format!("{clip_id}.{extension}"));
         let sha256 = write_random_file(&path, size)?;
+        let digests = digest_file(&path, PART)?;
+        assert_eq!(digests.sha256, sha256);
         let clip = NewClip {
             clip_id: clip_id.clone(),
             order: "SO-2026-000123".into(),
@@ -119,6 +122,7 @@ impl Station {
             path: path.display().to_string(),
             size: i64::try_from(size)?,
             sha256,
+            parts: digests.parts,
             duration_ms: if kind == "photo" { 0 } else { 45_000 },
             ended_at: capture_protocol::Timestamp::now().to_string(),
             truncated: false,
@@ -131,6 +135,50 @@ impl Station {
             })
             .await?;
         self.clip(&clip_id).await
+    }
+
+    /// A sealed clip as a spool of schema version 1 holds it: no part digests.
+    async fn sealed_before_the_digests(&self, kind: &str, size: u64) -> Result<ClipRow> {
+        let clip = self.sealed_clip(kind, size, None).await?;
+        let id = clip.clip_id.clone();
+        self.spool
+            .call(move |c| {
+                c.execute(
+                    "UPDATE clips SET part_size = NULL, part_md5s = NULL WHERE clip_id = ?1",
+                    [&id],
+                )?;
+                Ok(())
+            })
+            .await?;
+        let clip = self.clip(&clip.clip_id).await?;
+        assert_eq!(clip.parts, None);
+        Ok(clip)
+    }
+
+    /// Waits until the uploader is done with the clip, whatever the outcome.
+    async fn wait_until_settled(&self, clip_id: &str) -> Result<ClipRow> {
+        wait_until(&format!("clip {clip_id} settled"), DEADLINE, || async {
+            let clip = self.clip(clip_id).await?;
+            Ok((!matches!(clip.state, ClipState::Sealed | ClipState::Uploading)).then_some(clip))
+        })
+        .await
+    }
+
+    /// The object's ETag without quotes, `None` when there is no object.
+    async fn object_etag(&self, key: &str) -> Result<Option<String>> {
+        let head = self
+            .garage
+            .client()
+            .head_object()
+            .bucket(self.garage.bucket())
+            .key(key)
+            .send()
+            .await;
+        match head {
+            Ok(head) => Ok(head.e_tag().map(|e| e.trim_matches('"').to_owned())),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn clip(&self, clip_id: &str) -> Result<ClipRow> {
@@ -829,6 +877,143 @@ async fn the_janitor_aborts_orphans_and_leaves_the_spools_own_upload_alone() -> 
     .await?;
     assert_eq!(left, [(foreign_key, foreign)]);
     assert!(!left.iter().any(|(_, id)| *id == second_orphan));
+    uploader.shutdown().await;
+    Ok(())
+}
+
+/// Flips one bit of `path` at `offset`, as a failing SD card would after the seal.
+fn flip_bit(path: &str, offset: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset)?;
+    byte[0] ^= 0x10;
+    file.write_all_at(&byte, offset)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn failed_events(outbox: &[(String, serde_json::Value)], clip_id: &str) -> Vec<String> {
+    outbox
+        .iter()
+        .filter(|(topic, e)| {
+            topic == "cap/dev/station/pack-03/event"
+                && e["event"] == "clip_failed"
+                && e["clip_id"] == clip_id
+        })
+        .map(|(_, e)| e["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A file that rots on the SD card after it was sealed must never be accepted: the uploader
+/// sends the MD5s the seal computed, the store refuses the changed bytes (`BadDigest`), and
+/// the clip ends `failed` with a `clip_failed` event saying so, the file kept for
+/// inspection. Both ways in: a single PutObject (a photo) and one part of a multipart upload.
+#[tokio::test]
+async fn a_byte_flipped_in_a_sealed_file_fails_the_clip_as_corrupt_on_disk_and_keeps_the_file()
+-> Result<()> {
+    let station = Station::start().await?;
+    let photo = station.sealed_clip("photo", 300 << 10, None).await?;
+    let video = station.sealed_clip("video", 20 * MIB, None).await?;
+    flip_bit(&photo.path, 1234)?;
+    // In the second of three parts.
+    flip_bit(&video.path, PART + 4321)?;
+    let (uploader, _metrics) = station.uploader(station.settings());
+
+    for clip in [&photo, &video] {
+        let settled = station.wait_until_settled(&clip.clip_id).await?;
+        assert_eq!(
+            settled.state,
+            ClipState::Failed,
+            "clip {} ({}) ended {:?}, last error {:?}",
+            clip.clip_id,
+            clip.kind,
+            settled.state,
+            settled.last_error
+        );
+        let error = settled.last_error.unwrap_or_default();
+        assert!(error.starts_with("corrupt on disk: "), "{error}");
+        let outbox = station.outbox().await?;
+        let reasons = failed_events(&outbox, &clip.clip_id);
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(reasons[0].starts_with("corrupt on disk: "), "{reasons:?}");
+        assert_eq!(
+            uploaded_notifications(&outbox, &clip.clip_id),
+            0,
+            "a corrupt clip is never announced"
+        );
+        assert_eq!(
+            station.object_etag(&key_of(clip)).await?,
+            None,
+            "the store holds no object"
+        );
+        // Kept for inspection, with the damaged bytes.
+        assert_ne!(
+            file_sha256(&clip.path)?,
+            clip.sha256.clone().context("sha256")?
+        );
+    }
+    assert!(
+        failed_events(&station.outbox().await?, &video.clip_id)[0].contains("part 2 of"),
+        "the reason names the part"
+    );
+    uploader.shutdown().await;
+    Ok(())
+}
+
+/// The notification's `etag` is what the store really computes (Garage as S3 does): the
+/// MD5 of the file for a single PutObject, the MD5 of the part MD5s then `-N` for a
+/// multipart upload. A clip sealed before the spool kept its digests gets them when its
+/// upload begins (checked against the seal's sha256, so a file that rotted meanwhile is
+/// failed as well) and then uploads the same way.
+#[tokio::test]
+async fn the_notified_etag_is_the_stores_for_a_put_a_multipart_upload_and_an_older_clip()
+-> Result<()> {
+    let station = Station::start().await?;
+    let photo = station.sealed_clip("photo", 300 << 10, None).await?;
+    let video = station.sealed_clip("video", 20 * MIB, None).await?;
+    let older = station.sealed_before_the_digests("video", 10 * MIB).await?;
+    let rotted = station
+        .sealed_before_the_digests("photo", 100 << 10)
+        .await?;
+    flip_bit(&rotted.path, 777)?;
+    let (uploader, _metrics) = station.uploader(station.settings());
+
+    for (clip, parts) in [(&photo, 1), (&video, 3), (&older, 2)] {
+        let done = station
+            .wait_for_state(&clip.clip_id, ClipState::Uploaded)
+            .await?;
+        let outbox = station.outbox().await?;
+        let (_, notification) = outbox
+            .iter()
+            .find(|(topic, n)| topic == "cap/dev/ingest/uploaded" && n["clip_id"] == clip.clip_id)
+            .context("an uploaded notification")?;
+        let notified = notification["etag"].as_str().context("an etag")?;
+        let stored = station
+            .object_etag(&key_of(clip))
+            .await?
+            .context("the object")?;
+        assert_eq!(notified, stored, "{} of {} parts", clip.kind, parts);
+        if parts == 1 {
+            assert!(!stored.contains('-'), "{stored}");
+        } else {
+            assert!(stored.ends_with(&format!("-{parts}")), "{stored}");
+        }
+        let kept = done.parts.context("the digests are in the spool")?;
+        assert_eq!(kept.etag(), stored);
+        station.assert_stored(clip).await?;
+    }
+    let settled = station.wait_until_settled(&rotted.clip_id).await?;
+    assert_eq!(settled.state, ClipState::Failed, "{:?}", settled.last_error);
+    assert!(
+        settled
+            .last_error
+            .unwrap_or_default()
+            .starts_with("corrupt on disk: "),
+    );
     uploader.shutdown().await;
     Ok(())
 }

@@ -58,10 +58,12 @@ async fn main() -> Result<()> {
     eprintln!("creating {n} objects in Garage...");
     let content = vec![42u8; 1024];
     let sha256: capture_protocol::Sha256Hex = hex::encode(Sha256::digest(&content)).parse()?;
+    // The ETag the store gives a single PutObject, as the agent sends it (verify = "etag").
+    let etag = hex::encode(<md5::Md5 as md5::Digest>::digest(&content));
     let s3 = garage.client();
     let notifications: Vec<(String, Vec<u8>)> = futures::stream::iter(0..n)
         .map(|i| {
-            let (s3, content, sha256, env) = (&s3, &content, &sha256, &env);
+            let (s3, content, sha256, env, etag) = (&s3, &content, &sha256, &env, &etag);
             let bucket = garage.bucket().to_owned();
             async move {
                 let clip_id: capture_protocol::ClipId = ulid::Ulid::new().to_string().parse()?;
@@ -87,6 +89,7 @@ async fn main() -> Result<()> {
                     truncated: false,
                     clock_synced: true,
                     meta: Default::default(),
+                    etag: Some(etag.clone()),
                 };
                 let mut put = s3
                     .put_object()

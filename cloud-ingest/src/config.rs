@@ -130,12 +130,18 @@ pub struct StoreConfig {
     pub operation_timeout: Duration,
 }
 
-/// How much of the object is checked against the notification.
+/// How much of the object is checked against the notification (docs/ingest.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VerifyMode {
-    /// HEAD: existence, size and the sha256 user metadata.
+    /// HEAD: existence, size, the sha256 user metadata, and the object's ETag against the
+    /// one the agent computed from the bytes it sealed (the store's own digest of what it
+    /// holds, without reading the object). A notification without `etag` (an agent from
+    /// before it) gets the `head` check; an object whose ETag is no MD5 (server-side
+    /// encryption) gets the `full` check.
     #[default]
+    Etag,
+    /// HEAD: existence, size and the sha256 user metadata only.
     Head,
     /// HEAD, then read the whole object and hash it.
     Full,
@@ -901,7 +907,7 @@ mod tests {
         assert_eq!(config.env, "dev");
         assert_eq!(config.store.presign_ttl, Duration::from_secs(900));
         assert_eq!(config.amqp.exchange, "capture.events");
-        assert_eq!(config.store.verify, VerifyMode::Head);
+        assert_eq!(config.store.verify, VerifyMode::Etag);
     }
 
     #[test]

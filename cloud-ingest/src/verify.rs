@@ -8,7 +8,15 @@
 //! 2. `HEAD` the object: it exists (`object missing` otherwise), its size is the notified
 //!    size (`size mismatch`), its `sha256` user metadata is the notified digest (`sha256
 //!    mismatch`, or `sha256 metadata missing`);
-//! 3. with `verify = "full"`, the whole object is read and hashed, and the digest must match
+//! 3. with `verify = "etag"` (the default), the object's ETag from the same `HEAD` is the
+//!    notification's `etag` (`etag mismatch`): the agent computed it from the bytes it
+//!    sealed (the MD5 of the file, or of its part MD5s then `-N`), the store computed its own
+//!    from the bytes it holds, so a replaced or damaged object is caught without reading it.
+//!    The rule has two exceptions ([`judge_etag`]): a notification without `etag` (an agent
+//!    from before it, during a rollout) gets the check of `head` only; an object stored with
+//!    server-side encryption (the `HEAD` answer says so; S3 with SSE-KMS or SSE-C, and OBS
+//!    with any SSE, give ETags that are no MD5 of the content) gets the check of `full`;
+//! 4. with `verify = "full"`, the whole object is read and hashed, and the digest must match
 //!    (`sha256 mismatch: content hashes to ...`).
 //!
 //! A mismatch is a [`Decision::Rejected`] with a reason that starts with the names above: the
@@ -84,8 +92,32 @@ impl Verifier {
         };
         let sha256 = head.metadata().and_then(|m| m.get("sha256"));
         let decision = judge(uploaded, head.content_length(), sha256.map(String::as_str));
-        if decision != Decision::Accepted || self.mode == VerifyMode::Head {
+        if decision != Decision::Accepted {
             return Ok(decision);
+        }
+        let full = match self.mode {
+            VerifyMode::Head => false,
+            VerifyMode::Full => true,
+            VerifyMode::Etag => {
+                let encryption = head
+                    .server_side_encryption()
+                    .map(|e| e.as_str())
+                    .or(head.sse_customer_algorithm());
+                match judge_etag(uploaded.etag.as_deref(), head.e_tag(), encryption) {
+                    EtagCheck::Decided(decision) => return Ok(decision),
+                    EtagCheck::NotSent => {
+                        tracing::debug!(clip_id = %uploaded.clip_id, "no etag in the notification (an older agent): size and sha256 metadata checked");
+                        false
+                    }
+                    EtagCheck::NotComparable(why) => {
+                        tracing::info!(clip_id = %uploaded.clip_id, why, "the object's ETag is no digest of its content: reading the object to verify it");
+                        true
+                    }
+                }
+            }
+        };
+        if !full {
+            return Ok(Decision::Accepted);
         }
         self.hash_content(uploaded).await.map_err(error)
     }
@@ -140,13 +172,14 @@ fn error_text<E: std::error::Error + 'static>(error: &E) -> String {
 }
 
 /// The kinds of rejection, as [`reason_label`] names them (a bounded set of metric labels).
-pub const REASON_LABELS: [&str; 7] = [
+pub const REASON_LABELS: [&str; 8] = [
     "wrong_env",
     "wrong_bucket",
     "object_missing",
     "size_mismatch",
     "sha256_mismatch",
     "sha256_missing",
+    "etag_mismatch",
     "invalid",
 ];
 
@@ -162,6 +195,7 @@ pub fn reason_label(reason: &str) -> &'static str {
         ("size mismatch", "size_mismatch"),
         ("sha256 mismatch", "sha256_mismatch"),
         ("sha256 metadata missing", "sha256_missing"),
+        ("etag mismatch", "etag_mismatch"),
     ]
     .into_iter()
     .find(|(prefix, _)| reason.starts_with(prefix))
@@ -187,6 +221,45 @@ pub fn judge(uploaded: &Uploaded, size: Option<i64>, sha256: Option<&str>) -> De
             ))
         }
         Some(_) => Decision::Accepted,
+    }
+}
+
+/// What the ETag comparison of `verify = "etag"` concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtagCheck {
+    /// The ETags were compared: accepted, or rejected with `etag mismatch: ...`.
+    Decided(Decision),
+    /// The notification has no `etag` (an agent from before it): nothing to compare.
+    NotSent,
+    /// The object's ETag says nothing about its content (why): it must be read.
+    NotComparable(&'static str),
+}
+
+/// Compares the notification's `etag` with the object's ETag from `HEAD` (`object`,
+/// quoted as stores send it), unless the object's server-side `encryption` (the `HEAD`
+/// answer's `x-amz-server-side-encryption` or SSE-C algorithm) makes the ETag no MD5 of the
+/// content. Case and quotes are ignored.
+pub fn judge_etag(
+    notified: Option<&str>,
+    object: Option<&str>,
+    encryption: Option<&str>,
+) -> EtagCheck {
+    let Some(notified) = notified else {
+        return EtagCheck::NotSent;
+    };
+    if encryption.is_some() {
+        return EtagCheck::NotComparable("the object is stored with server-side encryption");
+    }
+    let Some(object) = object else {
+        return EtagCheck::NotComparable("the store gave no ETag");
+    };
+    let object = object.trim_matches('"');
+    if object.eq_ignore_ascii_case(notified) {
+        EtagCheck::Decided(Decision::Accepted)
+    } else {
+        EtagCheck::Decided(Decision::Rejected(format!(
+            "etag mismatch: the object's ETag is {object}, the agent sealed {notified}"
+        )))
     }
 }
 
@@ -229,6 +302,46 @@ mod tests {
         assert!(
             reason(judge(&uploaded(), Some(73400320), None)).starts_with("sha256 metadata missing")
         );
+    }
+
+    #[test]
+    fn the_etag_decides_unless_none_was_sent_or_encryption_makes_it_meaningless() {
+        let sealed = "9b2cf535f27731c974343645a3985328-9";
+        assert_eq!(
+            judge_etag(
+                Some(sealed),
+                Some("\"9B2CF535F27731C974343645A3985328-9\""),
+                None
+            ),
+            EtagCheck::Decided(Decision::Accepted)
+        );
+        let replaced = judge_etag(
+            Some(sealed),
+            Some("\"0f343b0931126a20f133d67c2b018a3b\""),
+            None,
+        );
+        match replaced {
+            EtagCheck::Decided(Decision::Rejected(reason)) => {
+                assert_eq!(
+                    reason,
+                    "etag mismatch: the object's ETag is 0f343b0931126a20f133d67c2b018a3b, \
+                     the agent sealed 9b2cf535f27731c974343645a3985328-9"
+                );
+                assert_eq!(reason_label(&reason), "etag_mismatch");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(judge_etag(None, Some("\"x\""), None), EtagCheck::NotSent);
+        for encryption in ["aws:kms", "AES256", "aws:kms:dsse"] {
+            assert!(matches!(
+                judge_etag(Some(sealed), Some("\"anything\""), Some(encryption)),
+                EtagCheck::NotComparable(_)
+            ));
+        }
+        assert!(matches!(
+            judge_etag(Some(sealed), None, None),
+            EtagCheck::NotComparable(_)
+        ));
     }
 
     #[test]

@@ -330,6 +330,78 @@ async fn full_verification_reads_the_object_and_catches_a_lying_digest() -> Resu
     Ok(())
 }
 
+/// The default verification compares the object's ETag, the store's own digest of what it
+/// holds, with the one the agent computed from the bytes it sealed: an object replaced
+/// behind the agent's back with one of the same size and the same `sha256` metadata is
+/// rejected without reading it. A notification from an agent that sends no ETag (a rollout
+/// window) still gets the size and metadata check.
+#[tokio::test]
+async fn an_object_replaced_with_the_same_size_and_sha256_metadata_is_rejected_by_its_etag()
+-> Result<()> {
+    let stack = Stack::start().await?;
+    let mut core = CoreSystem::bind(&stack.rabbit).await?;
+    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    ingest.wait_ready().await?;
+    let mut device = Device::connect(&stack.broker, "pi-07").await?;
+
+    let (content, mut replaced) = clip("SO-REPLACED", 100_000);
+    put(&stack.garage, &mut replaced, content.clone()).await?;
+    // Someone overwrites the object: same size, same metadata (put() writes the
+    // notification's sha256 and names), other bytes.
+    let mut other = content;
+    other[50_000] ^= 0x01;
+    put(&stack.garage, &mut replaced, other).await?;
+    let head = stack
+        .garage
+        .client()
+        .head_object()
+        .bucket(stack.garage.bucket())
+        .key(&replaced.key)
+        .send()
+        .await?;
+    assert_eq!(head.content_length(), Some(100_000));
+    assert_eq!(
+        head.metadata()
+            .and_then(|m| m.get("sha256"))
+            .map(String::as_str),
+        Some(replaced.sha256.as_str()),
+        "the replacement carries the notified sha256 metadata"
+    );
+
+    device.notify(&replaced).await?;
+    let (_, confirm) = device.next_confirm().await?;
+    assert_eq!(confirm.clip_id, replaced.clip_id);
+    match confirm.verdict {
+        Verdict::Rejected { reason } => {
+            assert!(reason.starts_with("etag mismatch"), "{reason}")
+        }
+        Verdict::Accepted => panic!("a replaced object was accepted"),
+    }
+    let (routing_key, event) = core.next_event().await?;
+    assert_eq!(routing_key, "clip.rejected");
+    assert_eq!(event.data.clip_id, replaced.clip_id);
+
+    // The honest object of an agent from before the etag (no etag sent): accepted on size
+    // and sha256 metadata.
+    let (content, mut old_agent) = clip("SO-OLD-AGENT", 10_000);
+    old_agent.etag = None;
+    put(&stack.garage, &mut old_agent, content).await?;
+    device.notify(&old_agent).await?;
+    let (_, confirm) = device.next_confirm().await?;
+    assert_eq!(confirm.clip_id, old_agent.clip_id);
+    assert_eq!(confirm.verdict, Verdict::Accepted);
+    let (routing_key, _) = core.next_event().await?;
+    assert_eq!(routing_key, "clip.completed");
+    assert_eq!(
+        ingest
+            .metric("ingest_rejections_total{reason=\"etag_mismatch\"}")
+            .await?,
+        1.0
+    );
+    ingest.stop().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_api_lists_an_orders_clips_with_presigned_urls_that_download() -> Result<()> {
     let stack = Stack::start().await?;

@@ -67,6 +67,15 @@ pub struct Uploaded {
     /// The `meta` of the command, unchanged.
     #[serde(default)]
     pub meta: Meta,
+    /// The ETag the object has when the store holds the bytes the agent sealed, without
+    /// quotes: the lowercase hex MD5 of the file for a single `PutObject`; for a multipart
+    /// upload, the hex MD5 of the concatenated binary part MD5s, a dash and the number of
+    /// parts (`9b2cf535f27731c974343645a3985328-9`). The ingest compares it with the ETag
+    /// from `HEAD` (`verify = "etag"`). Optional: agents before it send none (the ingest then
+    /// checks size and the `sha256` metadata only, docs/ingest.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{32}(-[1-9][0-9]{0,4})?$"))]
+    pub etag: Option<String>,
 }
 
 impl Uploaded {
@@ -104,6 +113,14 @@ impl Uploaded {
                 kind: self.kind,
             });
         }
+        if let Some(etag) = &self.etag
+            && !is_etag(etag)
+        {
+            return Err(UploadedError::BadEtag {
+                clip_id: self.clip_id.clone(),
+                etag: etag.clone(),
+            });
+        }
         if self.ended_at < self.started_at {
             return Err(UploadedError::EndsBeforeStart {
                 clip_id: self.clip_id.clone(),
@@ -113,6 +130,20 @@ impl Uploaded {
         }
         Ok(())
     }
+}
+
+/// Whether `etag` is an S3 ETag as the agent computes them: 32 lowercase hex digits,
+/// optionally `-N` with N in 1..=10000 parts.
+fn is_etag(etag: &str) -> bool {
+    let (md5, parts) = match etag.split_once('-') {
+        Some((md5, parts)) => (md5, Some(parts)),
+        None => (etag, None),
+    };
+    let md5_ok = md5.len() == 32 && md5.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let parts_ok = parts.is_none_or(|p| {
+        !p.starts_with('0') && p.parse::<u32>().is_ok_and(|n| (1..=10_000).contains(&n))
+    });
+    md5_ok && parts_ok
 }
 
 /// Why an uploaded notification was refused.
@@ -140,6 +171,14 @@ pub enum UploadedError {
         content_type: String,
         /// Its kind.
         kind: ClipKind,
+    },
+    /// `etag` is not an ETag of the form the agent computes.
+    #[error("clip {clip_id}: etag {etag:?} is not 32 lowercase hex digits with an optional -N")]
+    BadEtag {
+        /// The clip.
+        clip_id: ClipId,
+        /// The value sent.
+        etag: String,
     },
     /// `ended_at` is before `started_at`.
     #[error("clip {clip_id}: ends at {ended_at}, before it starts at {started_at}")]
@@ -186,6 +225,35 @@ pub(crate) mod tests {
     fn design_example_round_trips_exactly() {
         let uploaded = parse_uploaded(EXAMPLE.as_bytes(), &prod()).unwrap();
         assert_eq!(serde_json::to_string(&uploaded).unwrap(), EXAMPLE);
+    }
+
+    #[test]
+    fn the_etag_is_optional_and_checked_when_present() {
+        assert_eq!(example().etag, None, "agents before the etag send none");
+        let etag = "9b2cf535f27731c974343645a3985328-9";
+        let uploaded = parse_uploaded(&with("etag", json!(etag)), &prod()).unwrap();
+        assert_eq!(uploaded.etag.as_deref(), Some(etag));
+        assert!(
+            serde_json::to_string(&uploaded)
+                .unwrap()
+                .ends_with(r#""meta":{},"etag":"9b2cf535f27731c974343645a3985328-9"}"#)
+        );
+        let single = "900150983cd24fb0d6963f7d28e17f72";
+        assert!(parse_uploaded(&with("etag", json!(single)), &prod()).is_ok());
+        for bad in [
+            "\"900150983cd24fb0d6963f7d28e17f72\"",
+            "900150983CD24FB0D6963F7D28E17F72",
+            "900150983cd24fb0d6963f7d28e17f7",
+            "900150983cd24fb0d6963f7d28e17f72-0",
+            "900150983cd24fb0d6963f7d28e17f72-10001",
+            "900150983cd24fb0d6963f7d28e17f72-",
+        ] {
+            let error = parse_uploaded(&with("etag", json!(bad)), &prod()).unwrap_err();
+            assert!(
+                matches!(error, UploadedError::BadEtag { .. }),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -303,3 +303,148 @@ async fn as_systemd_runs_it_the_agent_notifies_ready_pings_the_watchdog_and_sigt
     );
     Ok(())
 }
+
+/// The largest gap between consecutive times in `times` (sorted), `from` and `until`
+/// included as the first and last.
+fn largest_gap(from: Instant, times: &[Instant], until: Instant) -> Duration {
+    let mut all: Vec<Instant> = std::iter::once(from)
+        .chain(times.iter().copied().filter(|t| *t > from && *t < until))
+        .chain(std::iter::once(until))
+        .collect();
+    all.sort();
+    all.windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
+}
+
+/// A long clip's seal (hashing a file of hundreds of MiB from a Pi's SD card, or remuxing
+/// it) takes longer than the watchdog interval. The test cannot record for an hour, so it
+/// slows the seal's read down to what a slow card gives (`CAPTURE_AGENT_SEAL_READ_BPS`): the
+/// seal then lasts several watchdog intervals. systemd would kill an agent whose pings stop
+/// meanwhile; the agent must keep pinging and keep answering commands while the clip seals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_longer_than_the_watchdog_interval_does_not_stop_the_pings_or_the_commands()
+-> Result<()> {
+    const EVENT: &str = "cap/test/station/pack-01/event";
+    let dir = tempfile::Builder::new().prefix("systemd-").tempdir()?;
+    let socket = dir.path().join("notify.sock");
+    let mut notifications = notify_socket(&socket)?;
+    let broker = Mosquitto::start().await?;
+    let mut options = AgentOptions::new(broker.host(), broker.port());
+    let watchdog = Duration::from_secs(2);
+    // 256 KiB of clip at 32 KiB/s: a seal of about 8 s, four watchdog intervals.
+    let clip_bytes: u64 = 256 << 10;
+    let read_rate: u64 = 32 << 10;
+    options.env_vars = vec![
+        ("NOTIFY_SOCKET".into(), socket.display().to_string()),
+        ("WATCHDOG_USEC".into(), watchdog.as_micros().to_string()),
+        // agent/src/capture/seal.rs, SEAL_READ_BPS_VAR.
+        ("CAPTURE_AGENT_SEAL_READ_BPS".into(), read_rate.to_string()),
+    ];
+    let mut agent = Agent::start(options).await?;
+    next_notification(&mut notifications, "READY=1", Duration::from_secs(60)).await?;
+    next_notification(&mut notifications, "WATCHDOG=1", watchdog * 2).await?;
+
+    let mut line = MqttClient::connect(
+        broker.host(),
+        broker.port(),
+        "line-long-seal",
+        &[REPLY, EVENT],
+    )
+    .await?;
+    line.publish(
+        CMD,
+        json!({"v":1,"id":"ls-1","op":"start","order":"SO-LONG"}).to_string(),
+    )
+    .await?;
+    let reply = line
+        .next_json("the start reply", REPLY, WAIT, |r| r["id"] == "ls-1")
+        .await?;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let clip_id = reply["clips"][0].as_str().context("a clip id")?.to_owned();
+    let part = agent
+        .spool_dir()
+        .join("clips")
+        .join(format!("{clip_id}.mp4.part"));
+    capture_tests::fixtures::wait_until("a clip long enough to seal slowly", WAIT, || {
+        let size = std::fs::metadata(&part).map_or(0, |m| m.len());
+        async move { Ok((size >= clip_bytes).then_some(())) }
+    })
+    .await?;
+
+    // Stop, then at once a ping: the ping's reply must not wait for the seal.
+    let stop_sent = Instant::now();
+    line.publish(
+        CMD,
+        json!({"v":1,"id":"ls-2","op":"stop","order":"SO-LONG"}).to_string(),
+    )
+    .await?;
+    line.publish(CMD, json!({"v":1,"id":"ls-3","op":"ping"}).to_string())
+        .await?;
+    let is_ping_reply = |p: &rumqttc::Publish| {
+        p.topic == REPLY
+            && serde_json::from_slice::<Value>(&p.payload).is_ok_and(|r| r["id"] == "ls-3")
+    };
+    let is_sealed = |p: &rumqttc::Publish| {
+        p.topic == EVENT
+            && serde_json::from_slice::<Value>(&p.payload).is_ok_and(|e| {
+                e["event"] == "recording_stopped" && e["clip_id"] == clip_id.as_str()
+            })
+    };
+    let first = line
+        .next_matching("the ping reply or the sealed clip", WAIT * 2, |p| {
+            is_ping_reply(p) || is_sealed(p)
+        })
+        .await?;
+    let ping_answered_first = is_ping_reply(&first);
+    if ping_answered_first {
+        line.next_matching("the sealed clip", WAIT * 2, is_sealed)
+            .await?;
+    } else {
+        line.next_matching("the ping reply", WAIT, is_ping_reply)
+            .await?;
+    }
+    let sealed_at = Instant::now();
+
+    let mut pings = Vec::new();
+    while let Ok((at, text)) = notifications.try_recv() {
+        if text.lines().any(|l| l == "WATCHDOG=1") {
+            pings.push(at);
+        }
+    }
+    let seal_took = sealed_at - stop_sent;
+    let gap = largest_gap(stop_sent, &pings, sealed_at);
+    eprintln!(
+        "seal took {seal_took:.1?}; {} pings meanwhile, largest gap {gap:.1?}",
+        pings.len()
+    );
+    assert!(
+        seal_took > watchdog * 2,
+        "the seal took {seal_took:?}: too short to test the watchdog ({watchdog:?})"
+    );
+    assert!(
+        !agent.log().contains("withholding the watchdog ping"),
+        "the agent withheld watchdog pings during the seal; log:\n{}",
+        agent.log_tail(40)
+    );
+    assert!(
+        gap <= watchdog,
+        "no watchdog ping for {gap:?} during a seal of {seal_took:?}: systemd would have \
+         killed the agent (WatchdogSec={watchdog:?})"
+    );
+    assert!(
+        ping_answered_first,
+        "the ping was answered only after the seal: the daemon loop waited for it"
+    );
+    let spool = spool_json(&agent)?;
+    let sealed = spool["clips"]
+        .as_array()
+        .context("clips")?
+        .iter()
+        .find(|c| c["clip_id"] == clip_id.as_str())
+        .with_context(|| format!("clip {clip_id} in {spool:#}"))?;
+    assert_eq!(sealed["state"], "sealed", "{sealed}");
+    agent.terminate()?;
+    Ok(())
+}

@@ -832,6 +832,7 @@ impl Actor {
         }
         let facts = rec.facts(rec.cut || !clean);
         let output = rec.request.output();
+        let part_size = rec.request.part_size;
         let reply = rec.stopping.and_then(|s| s.reply);
         let tx = self.tx.clone();
         let order = rec.request.order.clone();
@@ -850,9 +851,9 @@ impl Actor {
                         reason: "no frame was recorded".into(),
                     })
                 } else if clean {
-                    seal::finish(&part, &output, facts)
+                    seal::finish(&part, &output, facts, part_size)
                 } else {
-                    seal::seal_part_file(&part).map(|sealed| SealedClip {
+                    seal::seal_part_file(&part, part_size).map(|sealed| SealedClip {
                         preroll: facts.preroll,
                         started_at: facts.started_at,
                         ..sealed

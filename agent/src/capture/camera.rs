@@ -19,6 +19,7 @@
 //! finalised, sealed as truncated, and handed to the next `stop_recording`. One camera's
 //! failure touches no other camera: each has its own thread, pipeline and inbox.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
@@ -210,8 +211,24 @@ impl CameraHandle {
     /// Stops the clip after the post-roll, waits for the file to be finalised (bounded by
     /// `eos_timeout`) and returns it sealed. After a camera failure cut the recording, returns
     /// that cut clip (`truncated`).
-    pub async fn stop_recording(&self) -> Result<SealedClip, CaptureError> {
-        self.call(Command::Stop).await
+    ///
+    /// The stop is handed to the camera when this is called, not when the future is first
+    /// polled: a request made after it (a start) reaches the camera after it, wherever the
+    /// future is awaited. The future owns nothing of the handle, so it can be awaited on
+    /// another task (the daemon does: sealing a long clip takes minutes on a Pi).
+    pub fn stop_recording(
+        &self,
+    ) -> impl Future<Output = Result<SealedClip, CaptureError>> + Send + 'static {
+        self.send(Command::Stop)
+    }
+
+    /// Waits until the camera holds no recording (a stop's post-roll and EOS are over; its
+    /// seal may still run), up to `timeout`; returns whether it is free for a new one.
+    pub async fn wait_until_not_recording(&self, timeout: Duration) -> bool {
+        let mut rx = self.status.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|s| s.recording.is_none()))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
     }
 
     /// Discards the clip in progress: nothing is kept on disk.
@@ -238,33 +255,36 @@ impl CameraHandle {
         }
     }
 
-    async fn call<T>(
+    async fn call<T: Send + 'static>(
         &self,
         command: impl FnOnce(oneshot::Sender<Result<T, CaptureError>>) -> Command,
     ) -> Result<T, CaptureError> {
+        self.send(command).await
+    }
+
+    /// Hands `command` to the actor now; the future resolves to its answer.
+    fn send<T: Send + 'static>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, CaptureError>>) -> Command,
+    ) -> impl Future<Output = Result<T, CaptureError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        match self.tx.try_send(Msg::Command(command(reply))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(CaptureError::Timeout {
-                    what: format!(
-                        "camera {:?} to accept a request (its inbox is full)",
-                        self.name
-                    ),
-                    waited: Duration::ZERO,
-                });
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(CaptureError::Closed {
-                    camera: self.name.clone(),
-                });
-            }
+        let camera = self.name.clone();
+        let sent = match self.tx.try_send(Msg::Command(command(reply))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(CaptureError::Timeout {
+                what: format!("camera {camera:?} to accept a request (its inbox is full)"),
+                waited: Duration::ZERO,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(CaptureError::Closed {
+                camera: camera.clone(),
+            }),
+        };
+        async move {
+            sent?;
+            answer
+                .await
+                .unwrap_or_else(|_| Err(CaptureError::Closed { camera }))
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(CaptureError::Closed {
-                camera: self.name.clone(),
-            })
-        })
     }
 }
 
@@ -301,6 +321,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             preroll: None,
             postroll: None,
+            part_size: crate::digest::DEFAULT_PART_SIZE,
         };
         let started = camera.start_recording(request.clone()).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -42,6 +42,9 @@ pub struct RecordingRequest {
     pub preroll: Option<Duration>,
     /// Post-roll for this clip; `None` takes the camera's.
     pub postroll: Option<Duration>,
+    /// The upload's configured part size (`store.part_size`): the seal computes the MD5 of
+    /// every part of the upload plan in the same read as the sha256 ([`crate::digest`]).
+    pub part_size: u64,
 }
 
 impl RecordingRequest {

@@ -2,11 +2,14 @@
 //!
 //! A sealed clip is durable and immutable: its data is fsynced, it is renamed from
 //! `NAME.mp4.part` to `NAME.mp4` (atomic), and the directory is fsynced so the rename itself
-//! survives a power cut. Its size and sha256 are computed from the final bytes.
+//! survives a power cut. Its size, sha256 and part MD5s are computed from the final bytes.
 //!
 //! Two ways in:
 //! - `finish`: a recording that ended cleanly (mp4mux saw EOS and wrote the true duration):
 //!   fsync, hash, rename.
+//!
+//! "Hash" is one read of the final bytes ([`crate::digest`]): the sha256 and the MD5 of every
+//! part of the upload plan, which the spool keeps and the uploader sends as `Content-MD5`.
 //! - [`seal_part_file`]: a file cut by a crash, a power cut or a stuck writer. Its header's
 //!   duration is stale, so the container is rewritten: every complete frame is demuxed and
 //!   muxed again (no re-encoding) into `NAME.mp4.resealing`, which is then finished the same
@@ -19,13 +22,13 @@
 //! the final file's. Reading back right after writing is served from the page cache.
 
 use std::fs::{self, File};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gstreamer as gst;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
+
+use crate::digest::{FileDigests, PartDigests};
 
 use super::error::CaptureError;
 use super::probe::{FrameReader, PtsSpan};
@@ -45,6 +48,8 @@ pub struct SealedClip {
     pub size: u64,
     /// Lowercase hex sha256 of the whole file.
     pub sha256: String,
+    /// The MD5 of every part of its upload plan, from the same read as the sha256.
+    pub parts: PartDigests,
     /// Duration of the video in the file, from its frames (not from a header).
     pub duration: Duration,
     /// Number of frames.
@@ -86,22 +91,25 @@ pub fn part_path(output: &Path) -> PathBuf {
     PathBuf::from(text)
 }
 
-/// Seals a part file that a clean EOS finalised: fsync, hash, rename, fsync the directory.
+/// Seals a part file that a clean EOS finalised: fsync, hash (sha256 and the part MD5s of
+/// the upload plan for `part_size`, in one read), rename, fsync the directory.
 pub(crate) fn finish(
     part: &Path,
     output: &Path,
     facts: ClipFacts,
+    part_size: u64,
 ) -> Result<SealedClip, CaptureError> {
     let file = File::open(part).map_err(|e| CaptureError::io("opening", part, e))?;
     file.sync_all()
         .map_err(|e| CaptureError::io("fsyncing", part, e))?;
-    let (size, sha256) = hash_file(part)?;
+    let digests = digest_file(part, part_size)?;
     fs::rename(part, output).map_err(|e| CaptureError::io("renaming", part, e))?;
     sync_dir(output)?;
     Ok(SealedClip {
         path: output.to_path_buf(),
-        size,
-        sha256,
+        size: digests.size,
+        sha256: digests.sha256,
+        parts: digests.parts,
         duration: facts.duration,
         frames: facts.frames,
         preroll: facts.preroll,
@@ -113,9 +121,10 @@ pub(crate) fn finish(
 /// Seals a `*.part` file left by a crash (or any cut recording): rewrites the container from
 /// its complete frames, then fsyncs, hashes and renames it to the name without `.part`.
 /// Fails with [`CaptureError::Unplayable`] when not one complete frame can be read; the caller
-/// decides whether to delete such a file.
+/// decides whether to delete such a file. `part_size` is the configured upload part size
+/// (`store.part_size`), for the part MD5s.
 #[tracing::instrument(skip_all, fields(part = %part.display()))]
-pub fn seal_part_file(part: &Path) -> Result<SealedClip, CaptureError> {
+pub fn seal_part_file(part: &Path, part_size: u64) -> Result<SealedClip, CaptureError> {
     let output = final_path(part)?;
     let mut temp = part.as_os_str().to_owned();
     temp.push(RESEAL_SUFFIX);
@@ -137,7 +146,7 @@ pub fn seal_part_file(part: &Path) -> Result<SealedClip, CaptureError> {
         truncated: true,
         started_at: None,
     };
-    let sealed = finish(&temp, &output, facts)?;
+    let sealed = finish(&temp, &output, facts, part_size)?;
     fs::remove_file(part).map_err(|e| CaptureError::io("removing", part, e))?;
     sync_dir(&output)?;
     tracing::info!(
@@ -201,23 +210,10 @@ pub(crate) fn frame_duration(caps: &gst::CapsRef) -> Duration {
         .unwrap_or(Duration::from_nanos(33_333_333))
 }
 
-/// Size and lowercase hex sha256 of a file, read in 256 KiB blocks.
-pub fn hash_file(path: &Path) -> Result<(u64, String), CaptureError> {
-    let mut file = File::open(path).map_err(|e| CaptureError::io("opening", path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| CaptureError::io("reading", path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hex::encode(hasher.finalize())))
+/// The sha256 and the part MD5s of a sealed file ([`crate::digest::digest_file`]), as a
+/// capture error.
+pub fn digest_file(path: &Path, part_size: u64) -> Result<FileDigests, CaptureError> {
+    crate::digest::digest_file(path, part_size).map_err(|e| CaptureError::io("reading", path, e))
 }
 
 /// Fsyncs the directory holding `path`, so a rename or create in it is durable.
@@ -253,11 +249,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("abc");
         fs::write(&path, b"abc").unwrap();
-        let (size, sha) = hash_file(&path).unwrap();
-        assert_eq!(size, 3);
+        let digests = digest_file(&path, 8 << 20).unwrap();
+        assert_eq!(digests.size, 3);
         assert_eq!(
-            sha,
+            digests.sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        assert_eq!(digests.parts.etag(), "900150983cd24fb0d6963f7d28e17f72");
     }
 }

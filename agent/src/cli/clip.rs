@@ -26,7 +26,7 @@ pub struct InspectArgs {
 /// Runs `seal`: rewrites each cut file from its complete frames and renames it.
 pub fn seal(args: SealArgs) -> anyhow::Result<()> {
     for part in &args.parts {
-        let clip = seal_part_file(part).map_err(explain)?;
+        let clip = seal_part_file(part, crate::digest::DEFAULT_PART_SIZE).map_err(explain)?;
         println!(
             "sealed {} -> {}: {:.2} s, {} frames, {} bytes, sha256 {}",
             part.display(),

@@ -83,6 +83,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
             dir,
             preroll: Some(args.preroll),
             postroll: Some(args.postroll),
+            part_size: crate::digest::DEFAULT_PART_SIZE,
         };
         let started = camera.start_recording(request).await.map_err(explain)?;
         println!(

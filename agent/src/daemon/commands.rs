@@ -282,6 +282,15 @@ impl Daemon {
     async fn start_recording(&mut self, recording: &Recording) {
         Metrics::add(&self.metrics.recordings, 1);
         Metrics::flag(&self.metrics.recording, true);
+        // A camera still ending the previous clip (a start right after a stop) takes the new
+        // one once its post-roll and EOS are over; that clip's seal goes on meanwhile.
+        for take in &recording.takes {
+            if let Some(camera) = self.camera(&take.camera)
+                && !camera.wait_until_not_recording(PREVIOUS_CLIP_END).await
+            {
+                tracing::warn!(camera = %take.camera, waited = ?PREVIOUS_CLIP_END, "the camera is still ending its previous clip");
+            }
+        }
         let starts = recording.takes.iter().map(|take| {
             let request = RecordingRequest {
                 clip_id: take.clip_id.as_str().to_owned(),
@@ -290,6 +299,7 @@ impl Daemon {
                 dir: self.clip_dir.clone(),
                 preroll: None,
                 postroll: None,
+                part_size: self.uploader_settings.part_size,
             };
             let camera = self.camera(&take.camera).cloned();
             async move {
@@ -336,47 +346,76 @@ impl Daemon {
         }
     }
 
+    /// Hands the stop to each camera and leaves the rest (post-roll, EOS, hashing, a remux)
+    /// to a task of [`Daemon::sealing`]: the loop goes on serving commands and the watchdog
+    /// while a long clip seals; [`Daemon::on_sealed`] commits each result.
     async fn stop_recording(&mut self, recording: &Recording, truncated: bool) {
         Metrics::flag(&self.metrics.recording, false);
-        let stops = recording.takes.iter().map(|take| {
-            let camera = self.camera(&take.camera).cloned();
-            async move {
-                let result = match camera {
-                    Some(camera) => camera.stop_recording().await,
+        for take in &recording.takes {
+            // The stop reaches the camera now, before anything this loop asks it later.
+            let stop = self.camera(&take.camera).map(|c| c.stop_recording());
+            let part = seal::part_path(&clip_path(&self.clip_dir, take.clip_id.as_str(), false));
+            let part_size = self.uploader_settings.part_size;
+            let (take, order) = (take.clone(), recording.order.clone());
+            self.sealing.spawn(async move {
+                let stopped = match stop {
+                    Some(stop) => stop.await,
                     None => Err(CaptureError::Closed {
                         camera: take.camera.as_str().to_owned(),
                     }),
                 };
-                (take, result)
+                let result = match stopped {
+                    Ok(sealed) => Ok(sealed),
+                    Err(e) => {
+                        // The camera could not finish the file (it failed, or it was never
+                        // started): seal whatever part file it left, as after a crash.
+                        tracing::warn!(clip_id = %take.clip_id, camera = %take.camera, error = %e, "stopping the recording failed; sealing what is on disk");
+                        tokio::task::spawn_blocking(move || seal::seal_part_file(&part, part_size))
+                            .await
+                            .unwrap_or_else(|e| Err(CaptureError::Gst(e.to_string())))
+                    }
+                };
+                SealOutcome {
+                    take,
+                    order,
+                    truncated,
+                    result,
+                }
+            });
+        }
+    }
+
+    /// Commits a clip that finished sealing (or failed to), and wakes the uploader.
+    pub(super) async fn on_sealed(&mut self, outcome: SealOutcome) {
+        let SealOutcome {
+            take,
+            order,
+            truncated,
+            result,
+        } = outcome;
+        match result {
+            Ok(sealed) => {
+                self.commit_sealed(&take, &order, &sealed, truncated).await;
             }
-        });
-        for (take, result) in futures::future::join_all(stops).await {
-            let sealed = match result {
-                Ok(sealed) => Ok(sealed),
-                Err(e) => {
-                    // The camera could not finish the file (it failed, or it was never
-                    // started): seal whatever part file it left, as after a crash.
-                    tracing::warn!(clip_id = %take.clip_id, camera = %take.camera, error = %e, "stopping the recording failed; sealing what is on disk");
-                    let part =
-                        seal::part_path(&clip_path(&self.clip_dir, take.clip_id.as_str(), false));
-                    tokio::task::spawn_blocking(move || seal::seal_part_file(&part))
-                        .await
-                        .unwrap_or_else(|e| Err(CaptureError::Gst(e.to_string())))
-                }
-            };
-            match sealed {
-                Ok(sealed) => {
-                    self.commit_sealed(take, &recording.order, &sealed, truncated)
-                        .await;
-                }
-                Err(e) => {
-                    let reason = format!("the recording could not be sealed: {e}");
-                    tracing::error!(order = %recording.order, clip_id = %take.clip_id, error = %e, "clip lost");
-                    self.fail_clip(take, &recording.order, reason).await;
-                }
+            Err(e) => {
+                let reason = format!("the recording could not be sealed: {e}");
+                tracing::error!(order = %order, clip_id = %take.clip_id, error = %e, "clip lost");
+                self.fail_clip(&take, &order, reason).await;
             }
         }
         self.wake_uploader.notify_one();
+    }
+
+    /// Waits for every seal in progress and commits it (at shutdown).
+    pub(super) async fn finish_sealing(&mut self) {
+        while let Some(joined) = self.sealing.join_next().await {
+            match joined {
+                Ok(outcome) => self.on_sealed(outcome).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "a seal task ended abnormally; start-up reconciliation will seal its clip")
+                }
+            }
+        }
     }
 
     /// Records a sealed clip (ready for upload) and its `recording_stopped` event.
@@ -397,6 +436,7 @@ impl Daemon {
             path: clip.path.display().to_string(),
             size: i64::try_from(clip.size).unwrap_or(i64::MAX),
             sha256: clip.sha256.clone(),
+            parts: clip.parts.clone(),
             duration_ms,
             ended_at: ended_at.to_string(),
             truncated,
@@ -459,6 +499,7 @@ impl Daemon {
         let shots = takes.iter().map(|take| {
             let camera = self.camera(&take.camera).cloned();
             let path = clip_path(&self.clip_dir, take.clip_id.as_str(), true);
+            let part_size = self.uploader_settings.part_size;
             async move {
                 let result = match camera {
                     Some(camera) => camera.snapshot().await,
@@ -469,11 +510,12 @@ impl Daemon {
                 let written = match result {
                     Ok(snapshot) => tokio::task::spawn_blocking(move || {
                         snapshot.write_to(&path)?;
-                        let (size, sha256) = seal::hash_file(&path)?;
+                        let digests = seal::digest_file(&path, part_size)?;
                         Ok(SealedClip {
                             path,
-                            size,
-                            sha256,
+                            size: digests.size,
+                            sha256: digests.sha256,
+                            parts: digests.parts,
                             duration: Duration::ZERO,
                             frames: 1,
                             preroll: Duration::ZERO,
@@ -521,6 +563,7 @@ impl Daemon {
             path: photo.path.display().to_string(),
             size: i64::try_from(photo.size).unwrap_or(i64::MAX),
             sha256: photo.sha256.clone(),
+            parts: photo.parts.clone(),
             duration_ms: 0,
             ended_at: photo
                 .started_at
@@ -665,6 +708,19 @@ impl Daemon {
             self.wake_uploader.notify_one();
         }
     }
+}
+
+/// The longest a start waits for a camera to end its previous clip: the longest post-roll
+/// (60 s), the camera's grace for the last frames and its default EOS timeout.
+const PREVIOUS_CLIP_END: Duration = Duration::from_secs(70);
+
+/// A clip's seal, done off the daemon loop, for [`Daemon::on_sealed`].
+#[derive(Debug)]
+pub(super) struct SealOutcome {
+    take: Take,
+    order: capture_protocol::OrderId,
+    truncated: bool,
+    result: Result<SealedClip, CaptureError>,
 }
 
 /// A new clip id: a ULID, time-sortable.

@@ -17,7 +17,11 @@
 //!    announce them are committed in one transaction;
 //! 3. only then is the MQTT packet acknowledged and the reply published;
 //! 4. then the cameras act (start, stop and seal, abort, snapshot), and each result is
-//!    committed as it comes.
+//!    committed as it comes. A stop only hands the stop to the cameras: post-roll, EOS and
+//!    the seal (hashing, for a cut file a remux; minutes for an hour-long clip on a Pi) run
+//!    on a task of their own, so the loop, and with it the watchdog, never waits for them;
+//!    the sealed clip is committed when its task ends. A start right after a stop waits for
+//!    the camera to end the previous clip (its post-roll and EOS), not for its seal.
 //!
 //! A crash between 1 and 2 leaves an unanswered inbox row, decided at the next start before
 //! the link opens; a crash after 2 leaves clip rows that start-up reconciliation
@@ -90,6 +94,10 @@ struct Daemon {
     clock_synced: bool,
     /// When the loop last went round (for the watchdog).
     heartbeat: Arc<std::sync::atomic::AtomicU64>,
+    /// Stops in progress: post-roll, EOS and the seal (hashing, a remux) of each clip run
+    /// here, off the loop, however long a clip is; the loop commits each result as it
+    /// comes (`on_sealed`).
+    sealing: tokio::task::JoinSet<commands::SealOutcome>,
 }
 
 /// Runs the daemon until `shutdown` completes, then finalizes the recording in progress and
@@ -109,7 +117,8 @@ pub async fn run(
     let spool = Spool::open(&crate::spool::database_path(&spool_dir))?;
     let metrics = Arc::new(Metrics::default());
 
-    let report = reconcile::reconcile(&spool, &identity, &clip_dir).await?;
+    let report =
+        reconcile::reconcile(&spool, &identity, &clip_dir, uploader_settings.part_size).await?;
     tracing::info!(
         sealed = report.sealed,
         failed = report.failed,
@@ -163,6 +172,7 @@ pub async fn run(
         disk_full: false,
         clock_synced,
         heartbeat: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        sealing: tokio::task::JoinSet::new(),
     };
 
     // Commands recorded before a crash but never decided come first, before new ones, once
@@ -206,6 +216,12 @@ pub async fn run(
                 Some(publish) => daemon.on_publish(publish).await,
                 None => break,
             },
+            Some(joined) = daemon.sealing.join_next(), if !daemon.sealing.is_empty() => {
+                match joined {
+                    Ok(outcome) => daemon.on_sealed(outcome).await,
+                    Err(e) => tracing::error!(error = %e, "a seal task ended abnormally; start-up reconciliation will seal its clip"),
+                }
+            }
             _ = tick.tick() => {
                 ticks += 1;
                 daemon.on_tick(ticks).await;
@@ -306,6 +322,7 @@ impl Daemon {
             tracing::info!("shutting down while recording: sealing the clips as truncated");
             self.execute(vec![action]).await;
         }
+        self.finish_sealing().await;
         let mut offline = self.status_snapshot().await.to_status();
         offline.state = capture_protocol::Presence::Offline;
         self.link.set_presence(status::to_json(&offline));

@@ -5,7 +5,7 @@
 //!
 //! | on disk | what happens |
 //! | --- | --- |
-//! | `ID.mp4` (sealed, but the row was not updated) | hashed, measured, row sealed |
+//! | `ID.mp4` (sealed, but the row was not updated) | hashed (sha256 and part MD5s, as a seal does), measured, row sealed |
 //! | `ID.mp4.part` (cut mid-recording) | its complete fragments are remuxed into `ID.mp4` ([`seal_part_file`]), row sealed, `truncated` |
 //! | `ID.jpg` (photo written, row not updated) | hashed, row sealed |
 //! | nothing, or a part with no complete frame | row `failed` with the reason, `clip_failed` event |
@@ -34,11 +34,13 @@ pub struct Report {
     pub orphans: usize,
 }
 
-/// Settles every clip left in `recording`.
+/// Settles every clip left in `recording`. `part_size` is the configured upload part size,
+/// for the part MD5s that every seal stores.
 pub async fn reconcile(
     spool: &Spool,
     identity: &Identity,
     clip_dir: &Path,
+    part_size: u64,
 ) -> Result<Report, SpoolError> {
     let cut = spool
         .call(|c| clips::in_state(c, ClipState::Recording, usize::MAX >> 1))
@@ -47,7 +49,7 @@ pub async fn reconcile(
     for clip in cut {
         let path = PathBuf::from(&clip.path);
         let photo = clip.kind == "photo";
-        let found = tokio::task::spawn_blocking(move || recover(&path, photo))
+        let found = tokio::task::spawn_blocking(move || recover(&path, photo, part_size))
             .await
             .unwrap_or_else(|e| Err(CaptureError::Gst(e.to_string())));
         let clip_id = clip.clip_id.clone();
@@ -138,10 +140,10 @@ async fn orphan_parts(spool: &Spool, clip_dir: &Path) -> Result<usize, SpoolErro
 }
 
 /// What is on disk for a clip whose row says `recording`.
-fn recover(path: &Path, photo: bool) -> Result<Sealed, CaptureError> {
+fn recover(path: &Path, photo: bool, part_size: u64) -> Result<Sealed, CaptureError> {
     let part = seal::part_path(path);
     if path.exists() {
-        let (size, sha256) = seal::hash_file(path)?;
+        let digests = seal::digest_file(path, part_size)?;
         let duration_ms = if photo {
             0
         } else {
@@ -149,8 +151,9 @@ fn recover(path: &Path, photo: bool) -> Result<Sealed, CaptureError> {
         };
         return Ok(Sealed {
             path: path.display().to_string(),
-            size: i64::try_from(size).unwrap_or(i64::MAX),
-            sha256,
+            size: i64::try_from(digests.size).unwrap_or(i64::MAX),
+            sha256: digests.sha256,
+            parts: digests.parts,
             duration_ms,
             ended_at: Timestamp::now().to_string(),
             truncated: false,
@@ -163,11 +166,12 @@ fn recover(path: &Path, photo: bool) -> Result<Sealed, CaptureError> {
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ));
     }
-    let sealed = seal::seal_part_file(&part)?;
+    let sealed = seal::seal_part_file(&part, part_size)?;
     Ok(Sealed {
         path: sealed.path.display().to_string(),
         size: i64::try_from(sealed.size).unwrap_or(i64::MAX),
         sha256: sealed.sha256,
+        parts: sealed.parts,
         duration_ms: i64::try_from(sealed.duration.as_millis()).unwrap_or(i64::MAX),
         ended_at: Timestamp::now().to_string(),
         truncated: true,

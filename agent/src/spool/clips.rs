@@ -14,6 +14,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{SpoolError, now_text};
+use crate::digest::PartDigests;
 
 /// Where a clip is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,6 +95,9 @@ pub struct ClipRow {
     pub preroll_ms: i64,
     pub size: Option<i64>,
     pub sha256: Option<String>,
+    /// The MD5 of every part of the upload plan, from the seal's read; `None` for a clip
+    /// sealed before the spool kept them (schema version 1), until its upload computes them.
+    pub parts: Option<PartDigests>,
     pub truncated: bool,
     pub clock_synced: bool,
     pub meta: Option<String>,
@@ -105,10 +109,16 @@ pub struct ClipRow {
 
 const COLUMNS: &str = "clip_id, order_id, camera, kind, state, path, started_at, ended_at, \
      duration_ms, preroll_ms, size, sha256, truncated, clock_synced, meta, attempts, last_error, \
-     bytes_sent, updated_at";
+     bytes_sent, updated_at, part_size, part_md5s";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<(ClipRow, String)> {
+/// A row as read: the clip, its state's name and its stored part digests, both checked by
+/// [`with_state`].
+type RawRow = (ClipRow, String, Option<(i64, Vec<u8>)>);
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
     let state: String = row.get(4)?;
+    let part_size: Option<i64> = row.get(19)?;
+    let part_md5s: Option<Vec<u8>> = row.get(20)?;
     Ok((
         ClipRow {
             clip_id: row.get(0)?,
@@ -123,6 +133,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(ClipRow, String)> {
             preroll_ms: row.get(9)?,
             size: row.get(10)?,
             sha256: row.get(11)?,
+            parts: None,
             truncated: row.get(12)?,
             clock_synced: row.get(13)?,
             meta: row.get(14)?,
@@ -132,14 +143,24 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(ClipRow, String)> {
             updated_at: row.get(18)?,
         },
         state,
+        part_size.zip(part_md5s),
     ))
 }
 
-fn with_state((mut clip, state): (ClipRow, String)) -> Result<ClipRow, SpoolError> {
+fn with_state((mut clip, state, parts): RawRow) -> Result<ClipRow, SpoolError> {
     clip.state = ClipState::parse(&state).ok_or_else(|| SpoolError::Corrupt {
         clip_id: clip.clip_id.clone(),
         what: format!("unknown state {state:?}"),
     })?;
+    if let Some((part_size, md5s)) = parts {
+        let size = clip.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+        let parts =
+            PartDigests::from_blob(part_size, &md5s, size).map_err(|what| SpoolError::Corrupt {
+                clip_id: clip.clip_id.clone(),
+                what: format!("part digests: {what}"),
+            })?;
+        clip.parts = Some(parts);
+    }
     Ok(clip)
 }
 
@@ -195,6 +216,8 @@ pub struct Sealed {
     pub path: String,
     pub size: i64,
     pub sha256: String,
+    /// The part MD5s from the same read as the sha256.
+    pub parts: PartDigests,
     pub duration_ms: i64,
     pub ended_at: String,
     pub truncated: bool,
@@ -204,7 +227,8 @@ pub struct Sealed {
 pub fn seal(connection: &Connection, clip_id: &str, sealed: &Sealed) -> Result<(), SpoolError> {
     connection.execute(
         "UPDATE clips SET state = 'sealed', path = ?2, size = ?3, sha256 = ?4, duration_ms = ?5,
-                          ended_at = ?6, truncated = ?7, updated_at = ?8
+                          ended_at = ?6, truncated = ?7, updated_at = ?8, part_size = ?9,
+                          part_md5s = ?10
          WHERE clip_id = ?1",
         params![
             clip_id,
@@ -214,6 +238,27 @@ pub fn seal(connection: &Connection, clip_id: &str, sealed: &Sealed) -> Result<(
             sealed.duration_ms,
             sealed.ended_at,
             sealed.truncated,
+            now_text(),
+            i64::try_from(sealed.parts.part_size).unwrap_or(i64::MAX),
+            sealed.parts.to_blob(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Records the part digests of a clip sealed before the spool kept them, computed when its
+/// upload began.
+pub fn set_parts(
+    connection: &Connection,
+    clip_id: &str,
+    parts: &PartDigests,
+) -> Result<(), SpoolError> {
+    connection.execute(
+        "UPDATE clips SET part_size = ?2, part_md5s = ?3, updated_at = ?4 WHERE clip_id = ?1",
+        params![
+            clip_id,
+            i64::try_from(parts.part_size).unwrap_or(i64::MAX),
+            parts.to_blob(),
             now_text()
         ],
     )?;
@@ -380,10 +425,15 @@ pub(crate) mod tests {
     fn a_clip_goes_from_recording_to_sealed_with_its_facts() {
         let (_dir, connection) = database();
         insert(&connection, &new_clip("A")).unwrap();
+        let parts = PartDigests {
+            part_size: 1000,
+            md5s: vec![[1; 16], [2; 16]],
+        };
         let sealed = Sealed {
             path: "/spool/A.mp4".into(),
             size: 1234,
             sha256: "ab".repeat(32),
+            parts: parts.clone(),
             duration_ms: 45_000,
             ended_at: "2026-11-23T10:00:45Z".into(),
             truncated: true,
@@ -393,6 +443,7 @@ pub(crate) mod tests {
         assert_eq!(clip.state, ClipState::Sealed);
         assert_eq!(clip.size, Some(1234));
         assert_eq!(clip.duration_ms, Some(45_000));
+        assert_eq!(clip.parts, Some(parts));
         assert!(clip.truncated);
         assert_eq!(clip.meta.as_deref(), Some(r#"{"sku":"X"}"#));
         assert_eq!(

@@ -70,6 +70,17 @@ const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL
     ) STRICT;
     "#,
+    // 2: the seal's part digests. The seal reads the file once for its sha256 and the MD5 of
+    // every part of the upload plan; the uploader sends these (never the MD5 of the file as
+    // it is at upload time), so the store refuses bytes that changed since the seal. NULL
+    // for a clip sealed before this version: its digests are computed when its upload
+    // begins.
+    r#"
+    -- The plan's part size: the file is cut every part_size bytes (one part when it fits).
+    ALTER TABLE clips ADD COLUMN part_size INTEGER;
+    -- One 16-byte MD5 per part of the plan, concatenated in part order.
+    ALTER TABLE clips ADD COLUMN part_md5s BLOB;
+    "#,
 ];
 
 /// Brings the database to the newest schema.
@@ -103,6 +114,29 @@ pub(super) fn check_version(connection: &Connection) -> Result<usize, SpoolError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_1_database_gains_the_part_digests_and_keeps_its_clips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut connection = Connection::open(dir.path().join("spool.db")).unwrap();
+        let tx = connection.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[0]).unwrap();
+        tx.pragma_update(None, "user_version", 1i64).unwrap();
+        tx.commit().unwrap();
+        connection
+            .execute(
+                "INSERT INTO clips (clip_id, order_id, camera, kind, state, path, started_at,
+                                    size, sha256, clock_synced, updated_at)
+                 VALUES ('A', 'SO-1', 'top', 'video', 'sealed', '/spool/A.mp4',
+                         '2026-11-23T10:00:00Z', 10, 'ab', 1, '2026-11-23T10:00:01Z')",
+                [],
+            )
+            .unwrap();
+        migrate(&mut connection).unwrap();
+        assert_eq!(check_version(&connection).unwrap(), MIGRATIONS.len());
+        let clip = crate::spool::clips::get(&connection, "A").unwrap().unwrap();
+        assert_eq!((clip.size, clip.parts), (Some(10), None));
+    }
 
     #[test]
     fn migrating_twice_is_a_no_op_and_a_newer_database_is_refused() {

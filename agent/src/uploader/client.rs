@@ -8,9 +8,10 @@
 //! Request bodies are streamed from the clip's file
 //! (`ByteStream::read_from().path().offset().length()`) through [`Metered`], which marks
 //! progress for the stall timeout and holds bytes back under the bandwidth cap
-//! ([`Pacer`]). Each body carries `Content-MD5`, computed by reading its file region once
-//! beforehand ([`md5_of_region`]); the store refuses a body that does not match it, so a
-//! part corrupted in transit is never stored. Payloads are not signed (`UNSIGNED-PAYLOAD`,
+//! ([`Pacer`]). Each body carries `Content-MD5`: the MD5 the seal computed for that region
+//! and the spool keeps ([`crate::digest`]), never one computed from the file at upload
+//! time. The store refuses a body that does not match it (`BadDigest`), so neither a part
+//! corrupted in transit nor one whose bytes rotted on the SD card since the seal is stored. Payloads are not signed (`UNSIGNED-PAYLOAD`,
 //! the SDK's choice for streamed bodies): the MD5 carries their integrity.
 //!
 //! The SDK's own retries are off (`max_attempts = 1`): the uploader retries whole steps with
@@ -65,6 +66,10 @@ pub enum StoreErrorKind {
     Stalled,
     /// The store failed (HTTP 5xx, or an answer that could not be read).
     Server,
+    /// The store refused the body because it does not match its `Content-MD5` (`BadDigest`,
+    /// `InvalidDigest`): the bytes read from the file are not the ones the seal hashed, or
+    /// they were damaged on the way (the uploader reads the region again to tell which).
+    BadDigest,
     /// The store refused this request (another HTTP 4xx).
     Rejected,
 }
@@ -84,7 +89,7 @@ impl StoreError {
     pub fn is_store_wide(&self) -> bool {
         !matches!(
             self.kind,
-            StoreErrorKind::Rejected | StoreErrorKind::NoSuchUpload
+            StoreErrorKind::Rejected | StoreErrorKind::NoSuchUpload | StoreErrorKind::BadDigest
         )
     }
 
@@ -100,6 +105,7 @@ impl StoreError {
             (None, StoreErrorKind::NoSuchUpload) => "NoSuchUpload",
             (None, StoreErrorKind::Server) => "ServerError",
             (None, StoreErrorKind::Rejected) => "Rejected",
+            (None, StoreErrorKind::BadDigest) => "BadDigest",
         }
     }
 
@@ -120,6 +126,7 @@ impl StoreError {
                 let kind = match (code.as_deref(), status) {
                     (Some("NoSuchUpload"), _) => StoreErrorKind::NoSuchUpload,
                     (Some("NoSuchBucket"), _) => StoreErrorKind::NoSuchBucket,
+                    (Some("BadDigest" | "InvalidDigest"), _) => StoreErrorKind::BadDigest,
                     (
                         Some(
                             "InvalidAccessKeyId"

@@ -50,8 +50,9 @@ impl ConfirmEffect {
 
 /// Whether a rejection means the object's content is wrong (a re-upload repairs it).
 pub fn is_integrity_reason(reason: &str) -> bool {
-    const PREFIXES: [&str; 6] = [
+    const PREFIXES: [&str; 7] = [
         "sha256 mismatch",
+        "etag mismatch",
         "sha256 metadata missing",
         "size mismatch",
         "md5 mismatch",
@@ -164,6 +165,10 @@ mod tests {
             path: format!("/spool/clips/{CLIP}.mp4"),
             size: 10,
             sha256: "ab".repeat(32),
+            parts: crate::digest::PartDigests {
+                part_size: 8 << 20,
+                md5s: vec![[0; 16]],
+            },
             duration_ms: 1000,
             ended_at: "2026-11-23T10:00:01Z".into(),
             truncated: false,
@@ -280,6 +285,7 @@ mod tests {
             "object missing: b/k",
             "sha256 metadata missing",
             "MD5 mismatch",
+            "etag mismatch: the object's ETag is \"0f-2\", the agent sealed 1a-2",
         ] {
             assert!(is_integrity_reason(reason), "{reason}");
         }

@@ -14,11 +14,14 @@
 //!   as soon as the store answered  ─▶  CompleteMultipartUpload with the spool's parts
 //! ```
 //!
-//! Part boundaries are fixed by the `part_size` stored with the upload ([`plan`]). On resume,
-//! a part counts as sent only when the spool and the store agree on it ([`reconcile`]); a
-//! part the store has but the spool missed (a crash between the store's answer and the
-//! spool commit) is adopted when the MD5 of the local region equals its ETag, so not even
-//! that part is sent twice.
+//! Part boundaries are fixed by the part size the seal planned with, stored with the part
+//! MD5s ([`crate::digest::PartDigests`]), and the same `part_size` is stored with the
+//! upload: a changed configuration never changes them. Each part is sent with the MD5 the
+//! seal computed (`Content-MD5`); nothing is read from the file but the body itself. On
+//! resume, a part counts as sent only when the spool and the store agree on it
+//! ([`reconcile`]); a part the store has but the spool missed (a crash between the store's
+//! answer and the spool commit) is adopted when its ETag is the seal's MD5 of that part, so
+//! not even that part is sent twice.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,8 +29,9 @@ use std::path::Path;
 use futures::StreamExt as _;
 use md5::{Digest as _, Md5};
 
-use super::client::{Body, ListedPart, ObjectSpec, StoreErrorKind, md5_of_region};
-use super::{Context, UploadError};
+use super::client::{Body, ListedPart, ObjectSpec, StoreErrorKind};
+use super::{Context, UploadError, refused_body};
+use crate::digest::PartDigests;
 use crate::spool::{ClipState, PartRow, multipart};
 use crate::telemetry::Metrics;
 
@@ -128,14 +132,16 @@ pub fn multipart_etag(parts: &[PartRow]) -> Option<String> {
     ))
 }
 
-/// Uploads the clip's file as a multipart object: resumes the spool's upload when the
-/// store still knows it, sends only what is missing and completes it.
+/// Uploads the clip's file as a multipart object in the parts the seal planned (`digests`):
+/// resumes the spool's upload when the store still knows it, sends only what is missing
+/// and completes it.
 pub(super) async fn upload(
     context: &Context,
     clip_id: &str,
     path: &Path,
     size: u64,
     spec: &ObjectSpec,
+    digests: &PartDigests,
 ) -> Result<(), UploadError> {
     let store = &context.store;
     let store_error = |request: &'static str| {
@@ -149,9 +155,23 @@ pub(super) async fn upload(
     let id = clip_id.to_owned();
     let existing = context.spool.call(move |c| multipart::get(c, &id)).await?;
 
+    let existing = match existing {
+        Some(upload) if u64::try_from(upload.part_size).ok() != Some(digests.part_size) => {
+            // An upload begun before the seal kept its plan, with another part size: its
+            // parts do not match the seal's MD5s.
+            tracing::warn!(clip_id, upload_id = %upload.upload_id, part_size = upload.part_size, planned = digests.part_size, "the upload in progress has another part size than the seal's plan: starting it over");
+            let id = clip_id.to_owned();
+            context
+                .spool
+                .call(move |c| multipart::forget(c, &id))
+                .await?;
+            None
+        }
+        other => other,
+    };
     let mut resumed = None;
     if let Some(upload) = existing {
-        let parts = plan(size, u64::try_from(upload.part_size).unwrap_or(1));
+        let parts = digests.parts(size);
         match store.list_parts(&spec.key, &upload.upload_id).await {
             Ok(listed) => resumed = Some((upload, parts, listed)),
             Err(e) if e.kind == StoreErrorKind::NoSuchUpload => {
@@ -195,15 +215,9 @@ pub(super) async fn upload(
                     .await?;
             }
             for part in resume.unrecorded {
-                let Some(planned) = parts.iter().find(|p| p.number == part.part_number) else {
+                let Some(md5) = digests.md5(part.part_number) else {
                     continue;
                 };
-                let md5 = md5_of_region(path, planned.offset, planned.length)
-                    .await
-                    .map_err(|source| UploadError::Read {
-                        path: path.to_owned(),
-                        source,
-                    })?;
                 if same_etag(&part.etag, &hex::encode(md5)) {
                     let row = PartRow {
                         part_number: part.part_number,
@@ -230,7 +244,7 @@ pub(super) async fn upload(
             (upload.upload_id, parts, done)
         }
         None => {
-            let part_size = part_size_for(size, context.settings.part_size);
+            let part_size = digests.part_size;
             let upload_id = {
                 // The janitor must not see this upload before the spool knows it.
                 let _creating = store.creation_lock().lock().await;
@@ -257,7 +271,7 @@ pub(super) async fn upload(
                 upload_id
             };
             tracing::debug!(clip_id, key = %spec.key, %upload_id, part_size, "multipart upload created");
-            (upload_id, plan(size, part_size), Vec::new())
+            (upload_id, digests.parts(size), Vec::new())
         }
     };
 
@@ -268,7 +282,7 @@ pub(super) async fn upload(
         .copied()
         .collect();
     let mut results = futures::stream::iter(missing)
-        .map(|part| send_part(context, path, &spec.key, &upload_id, part))
+        .map(|part| send_part(context, clip_id, path, &spec.key, &upload_id, part, digests))
         .buffer_unordered(context.settings.parts_in_flight.max(1));
     while let Some(result) = results.next().await {
         let part = match result {
@@ -313,19 +327,21 @@ pub(super) async fn upload(
     Ok(())
 }
 
-/// MD5 of the part's region, then `UploadPart`.
+/// `UploadPart` with the seal's MD5 of the part.
 async fn send_part(
     context: &Context,
+    clip_id: &str,
     path: &Path,
     key: &str,
     upload_id: &str,
     part: PartPlan,
+    digests: &PartDigests,
 ) -> Result<PartRow, UploadError> {
-    let md5 = md5_of_region(path, part.offset, part.length)
-        .await
-        .map_err(|source| UploadError::Read {
-            path: path.to_owned(),
-            source,
+    let md5 = digests
+        .md5(part.number)
+        .ok_or_else(|| UploadError::Unusable {
+            clip_id: clip_id.to_owned(),
+            problem: format!("the seal's digests have no MD5 for part {}", part.number),
         })?;
     let body = Body {
         path: path.to_owned(),
@@ -334,15 +350,16 @@ async fn send_part(
         md5,
     };
     let number = i32::try_from(part.number).unwrap_or(i32::MAX);
-    let etag = context
+    let etag = match context
         .store
         .upload_part(key, upload_id, number, &body)
         .await
-        .map_err(|source| UploadError::Store {
-            request: "UploadPart",
-            key: format!("{key} part {number}"),
-            source,
-        })?;
+    {
+        Ok(etag) => etag,
+        Err(source) => {
+            return Err(refused_body(clip_id, &body, part.number, source, "UploadPart", key).await);
+        }
+    };
     Ok(PartRow {
         part_number: part.number,
         etag,

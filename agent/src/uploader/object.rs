@@ -11,6 +11,7 @@ use capture_protocol::{
 };
 
 use super::client::ObjectSpec;
+use crate::digest::PartDigests;
 use crate::spool::{ClipRow, OutboxMessage};
 
 /// A spool row the uploader cannot turn into an object (a bug or a damaged database; the
@@ -140,11 +141,14 @@ pub struct Origin<'a> {
     pub bucket: &'a str,
 }
 
-/// The uploaded notification of `clip` (DESIGN.md section 3), for `cap/{env}/ingest/uploaded`.
+/// The uploaded notification of `clip` (DESIGN.md section 3), for `cap/{env}/ingest/uploaded`,
+/// with the ETag the store gives the object when it holds the bytes the seal hashed
+/// (`parts`: the seal's part MD5s).
 pub fn uploaded(
     clip: &ClipRow,
     object: &ClipObject,
     origin: &Origin<'_>,
+    parts: &PartDigests,
 ) -> Result<Uploaded, InvalidRow> {
     let ended_at = clip
         .ended_at
@@ -185,6 +189,7 @@ pub fn uploaded(
         truncated: clip.truncated,
         clock_synced: clip.clock_synced,
         meta,
+        etag: Some(parts.etag()),
     })
 }
 
@@ -216,6 +221,7 @@ pub(crate) mod tests {
             preroll_ms: 3000,
             size: Some(73_400_320),
             sha256: Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into()),
+            parts: Some(parts()),
             truncated: false,
             clock_synced: true,
             meta: Some("{}".into()),
@@ -223,6 +229,14 @@ pub(crate) mod tests {
             last_error: None,
             bytes_sent: 0,
             updated_at: "2026-11-23T10:00:46Z".into(),
+        }
+    }
+
+    /// The digests of `sealed_row`'s 73,400,320 bytes in 8 MiB parts (9 parts).
+    pub(crate) fn parts() -> PartDigests {
+        PartDigests {
+            part_size: 8 << 20,
+            md5s: (0..9u8).map(|i| [i; 16]).collect(),
         }
     }
 
@@ -241,10 +255,15 @@ pub(crate) mod tests {
         };
         let clip = sealed_row();
         let object = ClipObject::of(&clip, &env).unwrap();
-        let message = uploaded_message(&env, &uploaded(&clip, &object, &origin).unwrap());
+        let message = uploaded_message(&env, &uploaded(&clip, &object, &origin, &parts()).unwrap());
         assert_eq!(message.topic, "cap/prod/ingest/uploaded");
-        // DESIGN.md section 3, field for field (protocol's example with real values).
-        let expected = r#"{"v":1,"clip_id":"01JDQ3Z8M4X5V6W7Y8Z9A0B1C2","device":"pi-07","station":"pack-03","camera":"top","order":"SO-2026-000123","kind":"video","bucket":"factory-media","key":"prod/2026/11/23/SO-2026-000123/01JDQ3Z8M4X5V6W7Y8Z9A0B1C2.mp4","size":73400320,"sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","content_type":"video/mp4","started_at":"2026-11-23T10:00:00Z","ended_at":"2026-11-23T10:00:45Z","duration_ms":45000,"preroll_ms":3000,"truncated":false,"clock_synced":true,"meta":{}}"#;
+        // DESIGN.md section 3, field for field (protocol's example with real values), and the
+        // ETag the store gives the object (docs/protocol.md).
+        let etag = parts().etag();
+        assert!(etag.ends_with("-9"), "{etag}");
+        let expected = format!(
+            r#"{{"v":1,"clip_id":"01JDQ3Z8M4X5V6W7Y8Z9A0B1C2","device":"pi-07","station":"pack-03","camera":"top","order":"SO-2026-000123","kind":"video","bucket":"factory-media","key":"prod/2026/11/23/SO-2026-000123/01JDQ3Z8M4X5V6W7Y8Z9A0B1C2.mp4","size":73400320,"sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","content_type":"video/mp4","started_at":"2026-11-23T10:00:00Z","ended_at":"2026-11-23T10:00:45Z","duration_ms":45000,"preroll_ms":3000,"truncated":false,"clock_synced":true,"meta":{{}},"etag":"{etag}"}}"#
+        );
         assert_eq!(String::from_utf8(message.payload).unwrap(), expected);
         assert!(
             capture_protocol::parse_uploaded(expected.as_bytes(), &env).is_ok(),
@@ -277,7 +296,7 @@ pub(crate) mod tests {
             station: &station,
             bucket: "b",
         };
-        let notification = uploaded(&clip, &object, &origin).unwrap();
+        let notification = uploaded(&clip, &object, &origin, &parts()).unwrap();
         assert_eq!(
             serde_json::to_string(&notification.meta).unwrap(),
             r#"{"sku":"JERSEY-9","operator":"ana","batch":7}"#
