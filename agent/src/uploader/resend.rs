@@ -147,8 +147,14 @@ pub fn resend(
         station: &settings.station,
         bucket: &settings.bucket,
     };
+    // An uploaded clip has its part digests: stored at seal, or when its upload began.
+    let Some(parts) = clip.parts.clone() else {
+        return Ok(Resent::Skipped(
+            "the clip's part digests are missing".into(),
+        ));
+    };
     let message = ClipObject::of(&clip, &settings.env)
-        .and_then(|object| object::uploaded(&clip, &object, &origin))
+        .and_then(|object| object::uploaded(&clip, &object, &origin, &parts))
         .map(|notification| object::uploaded_message(&settings.env, &notification));
     let message = match message {
         Ok(message) => message,
@@ -255,6 +261,10 @@ mod tests {
                 path: format!("/spool/clips/{CLIP}.mp4"),
                 size: 10,
                 sha256: "ab".repeat(32),
+                parts: crate::digest::PartDigests {
+                    part_size: 8 << 20,
+                    md5s: vec![[7; 16]],
+                },
                 duration_ms: 1000,
                 ended_at: "2026-11-23T10:00:01Z".into(),
                 truncated: false,
@@ -290,6 +300,8 @@ mod tests {
             assert_eq!(sent[0]["clip_id"], CLIP);
             assert_eq!(sent[0]["device"], "pi-01");
             assert_eq!(sent[0]["key"], format!("dev/2026/11/23/SO-1/{CLIP}.mp4"));
+            // The same notification as the first: the ETag the seal's digests give.
+            assert_eq!(sent[0]["etag"], "07".repeat(16));
             // While that copy waits in the outbox, a second one is not added.
             assert_eq!(
                 resend(&mut connection, &settings(), CLIP).unwrap(),
