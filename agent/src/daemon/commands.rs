@@ -404,6 +404,8 @@ impl Daemon {
             }
         }
         self.wake_uploader.notify_one();
+        // The queue changed: the sealed clip now waits for the cloud.
+        self.publish_status().await;
     }
 
     /// Waits for every seal in progress and commits it (at shutdown).
