@@ -217,6 +217,40 @@ pub(crate) mod test_support {
         schema::migrate(&mut connection).unwrap();
         (dir, connection)
     }
+
+    /// A 10-byte video clip of order `SO-1`, camera `top`, sealed with one part whose MD5 is
+    /// `part_md5`.
+    pub fn sealed_video(connection: &Connection, clip_id: &str, part_md5: [u8; 16]) {
+        clips::insert(
+            connection,
+            &NewClip {
+                clip_id: clip_id.into(),
+                order: "SO-1".into(),
+                camera: "top".into(),
+                kind: "video".into(),
+                state: ClipState::Recording,
+                path: format!("/spool/clips/{clip_id}.mp4"),
+                started_at: "2026-11-23T10:00:00Z".into(),
+                preroll_ms: 0,
+                clock_synced: true,
+                meta: None,
+            },
+        )
+        .unwrap();
+        let sealed = Sealed {
+            path: format!("/spool/clips/{clip_id}.mp4"),
+            size: 10,
+            sha256: "ab".repeat(32),
+            parts: crate::digest::PartDigests {
+                part_size: 8 << 20,
+                md5s: vec![part_md5],
+            },
+            duration_ms: 1000,
+            ended_at: "2026-11-23T10:00:01Z".into(),
+            truncated: false,
+        };
+        clips::seal(connection, clip_id, &sealed).unwrap();
+    }
 }
 
 #[cfg(test)]

@@ -139,41 +139,13 @@ pub(super) fn event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::test_support::database;
-    use crate::spool::{NewClip, Sealed, outbox};
+    use crate::spool::outbox;
+    use crate::spool::test_support::{database, sealed_video};
 
     const CLIP: &str = "01JDQ3Z8M4X5V6W7Y8Z9A0B1C2";
 
     fn uploaded_clip(connection: &Connection) {
-        clips::insert(
-            connection,
-            &NewClip {
-                clip_id: CLIP.into(),
-                order: "SO-1".into(),
-                camera: "top".into(),
-                kind: "video".into(),
-                state: ClipState::Recording,
-                path: format!("/spool/clips/{CLIP}.mp4"),
-                started_at: "2026-11-23T10:00:00Z".into(),
-                preroll_ms: 0,
-                clock_synced: true,
-                meta: None,
-            },
-        )
-        .unwrap();
-        let sealed = Sealed {
-            path: format!("/spool/clips/{CLIP}.mp4"),
-            size: 10,
-            sha256: "ab".repeat(32),
-            parts: crate::digest::PartDigests {
-                part_size: 8 << 20,
-                md5s: vec![[0; 16]],
-            },
-            duration_ms: 1000,
-            ended_at: "2026-11-23T10:00:01Z".into(),
-            truncated: false,
-        };
-        clips::seal(connection, CLIP, &sealed).unwrap();
+        sealed_video(connection, CLIP, [0; 16]);
         clips::set_uploaded(connection, CLIP).unwrap();
     }
 

@@ -226,8 +226,7 @@ mod tests {
 
     mod spool {
         use super::super::*;
-        use crate::spool::test_support::database;
-        use crate::spool::{NewClip, Sealed};
+        use crate::spool::test_support::{database, sealed_video};
 
         const CLIP: &str = "01JDQ3Z8M4X5V6W7Y8Z9A0B1C2";
 
@@ -238,38 +237,6 @@ mod tests {
                 "pack-01".parse().unwrap(),
                 "bucket",
             )
-        }
-
-        fn sealed_clip(connection: &Connection) {
-            clips::insert(
-                connection,
-                &NewClip {
-                    clip_id: CLIP.into(),
-                    order: "SO-1".into(),
-                    camera: "top".into(),
-                    kind: "video".into(),
-                    state: ClipState::Recording,
-                    path: format!("/spool/clips/{CLIP}.mp4"),
-                    started_at: "2026-11-23T10:00:00Z".into(),
-                    preroll_ms: 0,
-                    clock_synced: true,
-                    meta: None,
-                },
-            )
-            .unwrap();
-            let sealed = Sealed {
-                path: format!("/spool/clips/{CLIP}.mp4"),
-                size: 10,
-                sha256: "ab".repeat(32),
-                parts: crate::digest::PartDigests {
-                    part_size: 8 << 20,
-                    md5s: vec![[7; 16]],
-                },
-                duration_ms: 1000,
-                ended_at: "2026-11-23T10:00:01Z".into(),
-                truncated: false,
-            };
-            clips::seal(connection, CLIP, &sealed).unwrap();
         }
 
         fn notifications(connection: &Connection) -> Vec<serde_json::Value> {
@@ -284,7 +251,7 @@ mod tests {
         #[test]
         fn an_unconfirmed_clip_gets_its_notification_again_once_the_first_has_left() {
             let (_dir, mut connection) = database();
-            sealed_clip(&connection);
+            sealed_video(&connection, CLIP, [7; 16]);
             // Not uploaded yet: nothing to send again.
             let skipped = resend(&mut connection, &settings(), CLIP).unwrap();
             assert!(matches!(skipped, Resent::Skipped(_)), "{skipped:?}");
