@@ -19,7 +19,7 @@ use super::backoff::{Backoff, HEALTHY_AFTER};
 use super::camera::{CameraState, CameraStatus};
 use super::encoder::EncoderKind;
 use super::error::CaptureError;
-use super::pipeline::{CameraPipeline, PipelineCallbacks};
+use super::pipeline::{CameraPipeline, PipelineCallbacks, overlay_label};
 use super::recorder::{Recording, RecordingRequest, RecordingStarted, Stopping};
 use super::ring::PrerollRing;
 use super::seal::{self, SealedClip, part_path};
@@ -679,10 +679,7 @@ impl Actor {
         });
         let frame = Duration::from_secs_f64(1.0 / f64::from(self.spec.fps));
         let writer = ClipWriter::create(&part, &caps, frame, Some(on_message))?;
-        let label = format!(
-            "{} | {} | {}",
-            request.order, request.station, self.spec.name
-        );
+        let label = overlay_label(&request.order, &request.station, &self.spec.name);
         let preroll = request
             .preroll
             .unwrap_or(self.spec.preroll)

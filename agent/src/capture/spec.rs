@@ -140,6 +140,13 @@ impl CameraSpec {
                 self.resolution
             )));
         }
+        let min = super::pipeline::MIN_OVERLAY_FRAME;
+        if self.overlay && (width < min.width || height < min.height) {
+            return Err(bad(format!(
+                "resolution {} is too small for a legible overlay (at least {min}): set overlay = false or a larger resolution",
+                self.resolution
+            )));
+        }
         if self.keyframe_interval < Duration::from_millis(100)
             || self.keyframe_interval > Duration::from_secs(10)
         {
@@ -371,6 +378,25 @@ mod tests {
             spec.validate().is_err(),
             "passthrough needs an H.264 source and no overlay"
         );
+    }
+
+    #[test]
+    fn an_overlay_needs_a_frame_it_fits_in() {
+        let mut spec = CameraSpec::new("top", Source::Test);
+        spec.resolution = Resolution {
+            width: 128,
+            height: 96,
+        };
+        let refused = spec.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("too small for a legible overlay"),
+            "{refused}"
+        );
+        spec.overlay = false;
+        spec.validate().unwrap();
+        spec.overlay = true;
+        spec.resolution = super::super::pipeline::MIN_OVERLAY_FRAME;
+        spec.validate().unwrap();
     }
 
     #[test]
