@@ -16,7 +16,7 @@
 //! has neither an event nor an object.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
@@ -82,15 +82,48 @@ impl Catalog {
     }
 }
 
-/// Every part of the system, running.
+/// The station side of a [`System`]: the agent as a process of the test ([`Agent`]), or
+/// the agent installed from its package on a machine of its own (`fixtures::PiVm`).
+pub trait Station {
+    /// The station's spool, as `capture-agent spool --json --all` lists it.
+    fn spool_clips(&mut self) -> impl Future<Output = Result<Vec<Value>>>;
+    /// The last `lines` lines of what the agent logged.
+    fn log_tail(&self, lines: usize) -> String;
+}
+
+impl Station for Agent {
+    async fn spool_clips(&mut self) -> Result<Vec<Value>> {
+        Agent::spool_clips(self).await
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        Agent::log_tail(self, lines)
+    }
+}
+
+/// Every part of the system but the station, running: what [`System::with_station`] needs
+/// to become a [`System`] once a station is started against it.
 #[derive(Debug)]
-pub struct System {
+pub struct Cloud {
     pub broker: Mosquitto,
     pub garage: Garage,
     pub catalog: Catalog,
     pub rabbit: RabbitMq,
     pub ingest: Ingest,
-    pub agent: Agent,
+    pub ingest_options: IngestOptions,
+    names: AmqpNames,
+    core: CoreSystem,
+}
+
+/// Every part of the system, running.
+#[derive(Debug)]
+pub struct System<S = Agent> {
+    pub broker: Mosquitto,
+    pub garage: Garage,
+    pub catalog: Catalog,
+    pub rabbit: RabbitMq,
+    pub ingest: Ingest,
+    pub agent: S,
     /// What the ingest was started with (to start another replica).
     pub ingest_options: IngestOptions,
     names: AmqpNames,
@@ -103,6 +136,35 @@ pub struct System {
 impl System {
     /// Starts every part and waits until the station reports online.
     pub async fn start(options: SystemOptions) -> Result<System> {
+        let cloud = System::start_cloud(&options).await?;
+        let store = cloud.garage.settings();
+        let mut agent_options = AgentOptions::new(cloud.broker.host(), cloud.broker.port());
+        agent_options.env = ENV.into();
+        agent_options.station = STATION.into();
+        agent_options.cameras = CAMERAS.iter().map(|c| (*c).to_owned()).collect();
+        agent_options.agent_extra = options.agent_extra;
+        agent_options.store = StoreOptions {
+            endpoint: cloud.garage.endpoint(),
+            region: store.region.clone(),
+            bucket: cloud.garage.bucket().into(),
+            access_key_id: store.access_key_id.clone(),
+            secret_access_key: store.secret_access_key.clone(),
+        };
+        agent_options.store_extra = format!(
+            "retry_max = \"5s\"\nconfirm_timeout = \"2s\"\nconfirm_timeout_max = \"5s\"\n{}",
+            options.store_extra
+        );
+        if let Some(max_bytes) = options.max_bytes {
+            agent_options.max_bytes = max_bytes;
+        }
+        let agent = Agent::start(agent_options).await?;
+        System::with_station(cloud, agent).await
+    }
+
+    /// Starts every part but the station: Mosquitto, Garage, the catalog, RabbitMQ with the
+    /// core system's queue bound, and the ingest. `options.agent_extra`, `store_extra` and
+    /// `max_bytes` are for the station, which the caller starts.
+    pub async fn start_cloud(options: &SystemOptions) -> Result<Cloud> {
         let broker = Mosquitto::start().await?;
         let garage = Garage::start().await?;
         let catalog = if options.private_postgres {
@@ -117,51 +179,52 @@ impl System {
         };
         let names = rabbit.names();
         let core = CoreSystem::bind(&rabbit, names.clone()).await?;
-        let store = garage.settings();
         let ingest_options = IngestOptions {
             env: ENV.into(),
             client_id: unique_name("ingest"),
             mqtt_host: broker.host().into(),
             mqtt_port: broker.port(),
-            store: store.clone(),
+            store: garage.settings(),
             bucket: garage.bucket().into(),
             postgres_url: catalog.url(),
             amqp_url: rabbit.url().into(),
             exchange: names.exchange.clone(),
         };
         let ingest = Ingest::start(ingest_options.clone()).await?;
-        let mut agent_options = AgentOptions::new(broker.host(), broker.port());
-        agent_options.env = ENV.into();
-        agent_options.station = STATION.into();
-        agent_options.cameras = CAMERAS.iter().map(|c| (*c).to_owned()).collect();
-        agent_options.agent_extra = options.agent_extra;
-        agent_options.store = StoreOptions {
-            endpoint: garage.endpoint(),
-            region: store.region.clone(),
-            bucket: garage.bucket().into(),
-            access_key_id: store.access_key_id.clone(),
-            secret_access_key: store.secret_access_key.clone(),
-        };
-        agent_options.store_extra = format!(
-            "retry_max = \"5s\"\nconfirm_timeout = \"2s\"\nconfirm_timeout_max = \"5s\"\n{}",
-            options.store_extra
-        );
-        if let Some(max_bytes) = options.max_bytes {
-            agent_options.max_bytes = max_bytes;
-        }
-        let agent = Agent::start(agent_options).await?;
-        let line =
-            MqttClient::connect(broker.host(), broker.port(), "line", &[REPLY, EVENT]).await?;
-        let system = System {
+        Ok(Cloud {
             broker,
             garage,
             catalog,
             rabbit,
             ingest,
-            agent,
             ingest_options,
             names,
-            core: Some(core),
+            core,
+        })
+    }
+}
+
+impl<S: Station> System<S> {
+    /// The system of `cloud` with `station` (environment [`ENV`], station [`STATION`],
+    /// cameras [`CAMERAS`]) started against it; waits until the station reports online.
+    pub async fn with_station(cloud: Cloud, station: S) -> Result<System<S>> {
+        let line = MqttClient::connect(
+            cloud.broker.host(),
+            cloud.broker.port(),
+            "line",
+            &[REPLY, EVENT],
+        )
+        .await?;
+        let system = System {
+            broker: cloud.broker,
+            garage: cloud.garage,
+            catalog: cloud.catalog,
+            rabbit: cloud.rabbit,
+            ingest: cloud.ingest,
+            agent: station,
+            ingest_options: cloud.ingest_options,
+            names: cloud.names,
+            core: Some(cloud.core),
             line,
             ledger: Ledger::default(),
             commands: 0,
@@ -194,6 +257,31 @@ impl System {
 
     /// Waits for the station's retained status to say `online`.
     pub async fn wait_online(&self, timeout: Duration) -> Result<Value> {
+        self.wait_status("the station online", timeout, |s| s["state"] == "online")
+            .await
+    }
+
+    /// Waits for an `online` status the station made at `since` or later (by its clock,
+    /// allowed to be up to 2 s behind this machine's): an `online` of an earlier run of the
+    /// agent, still retained after a power cut, does not count.
+    pub async fn wait_online_since(&self, since: SystemTime, timeout: Duration) -> Result<Value> {
+        let since = since.duration_since(UNIX_EPOCH)?.as_secs_f64() - 2.0;
+        self.wait_status("the station online again", timeout, |s| {
+            s["state"] == "online"
+                && s["at"]
+                    .as_str()
+                    .and_then(unix_seconds)
+                    .is_some_and(|at| at >= since)
+        })
+        .await
+    }
+
+    async fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let mut observer = MqttClient::connect(
             self.broker.host(),
             self.broker.port(),
@@ -201,11 +289,7 @@ impl System {
             &[STATUS],
         )
         .await?;
-        let status = observer
-            .next_json("the station online", STATUS, timeout, |s| {
-                s["state"] == "online"
-            })
-            .await;
+        let status = observer.next_json(what, STATUS, timeout, wanted).await;
         observer.disconnect().await;
         status
     }
@@ -725,6 +809,28 @@ impl Figures {
     }
 }
 
+/// Seconds since the Unix epoch of an RFC 3339 UTC timestamp as the protocol writes them
+/// (`2026-11-23T10:00:47Z`, `2026-11-23T10:00:47.123Z`); `None` for anything else.
+pub fn unix_seconds(timestamp: &str) -> Option<f64> {
+    let (date, time) = timestamp.strip_suffix('Z')?.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (date.next()??, date.next()??, date.next()??);
+    let mut time = time.splitn(3, ':');
+    let (hh, mm) = (
+        time.next()?.parse::<i64>().ok()?,
+        time.next()?.parse::<i64>().ok()?,
+    );
+    let ss = time.next()?.parse::<f64>().ok()?;
+    // Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + ss)
+}
+
 /// The clips listed in a reply.
 pub fn reply_clips(reply: &Value) -> Vec<String> {
     reply["clips"]
@@ -751,6 +857,15 @@ mod tests {
     fn completed(id: &str) -> Value {
         json!({"id": id, "data": {"clip_id": "C1", "order": "SO-1", "camera": "top", "kind": "video",
             "key": "test/2026/11/24/SO-1/C1.mp4", "size": 3, "sha256": "abc"}})
+    }
+
+    #[test]
+    fn protocol_timestamps_become_unix_seconds() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(unix_seconds("2026-11-23T10:00:47Z"), Some(1_795_428_047.0));
+        assert_eq!(unix_seconds("2000-03-01T00:00:00.5Z"), Some(951_868_800.5));
+        assert_eq!(unix_seconds("2026-11-23T10:00:47+01:00"), None);
+        assert_eq!(unix_seconds("yesterday"), None);
     }
 
     #[test]
