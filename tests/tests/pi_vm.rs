@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use capture_tests::fixtures::{PiVm, repo_root};
+use capture_tests::fixtures::{PiVm, package_deb, repo_root};
 use capture_tests::system::{CAMERAS, Cloud, ENV, STATION, System, SystemOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -109,26 +109,7 @@ async fn arm64_package() -> Result<PathBuf> {
         String::from_utf8_lossy(&cross.stderr)
     );
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pi-vm-dist");
-    let package = tokio::process::Command::new(root.join("scripts/package"))
-        .args(["--arch", "arm64", "--fast", "--out"])
-        .arg(&out)
-        .output()
-        .await
-        .context("running scripts/package")?;
-    ensure!(
-        package.status.success(),
-        "scripts/package --arch arm64 failed:\n{}",
-        String::from_utf8_lossy(&package.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&package.stdout);
-    let deb = PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .context("scripts/package printed nothing")?,
-    );
-    ensure!(deb.is_file(), "scripts/package printed {}", deb.display());
-    Ok(deb)
+    package_deb(&["--arch".as_ref(), "arm64".as_ref()], &out).await
 }
 
 fn write_mode(path: &Path, text: &str, mode: u32) -> Result<()> {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use capture_tests::fixtures::{
-    Agent, Garage, Mosquitto, ServerProcess, Sshd, free_port, repo_root,
+    Agent, Garage, Mosquitto, ServerProcess, Sshd, free_port, package_deb, repo_root,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -605,31 +605,18 @@ impl Drop for InstalledPackage {
 
 /// Builds the .deb from this workspace's binary with scripts/package.
 async fn build_package(out: &Path) -> Result<PathBuf> {
-    let output = tokio::process::Command::new(repo_root().join("scripts/package"))
-        .arg("--arch")
-        .arg(host_arch()?)
-        .arg("--binary")
-        .arg(Agent::binary()?)
-        .arg("--out")
-        .arg(out)
-        .arg("--fast")
-        .output()
-        .await
-        .context("running scripts/package")?;
-    ensure!(
-        output.status.success(),
-        "scripts/package failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let deb = PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .context("scripts/package printed nothing")?,
-    );
-    ensure!(deb.is_file(), "scripts/package printed {}", deb.display());
-    Ok(deb)
+    let arch = host_arch()?;
+    let binary = Agent::binary()?;
+    package_deb(
+        &[
+            "--arch".as_ref(),
+            arch.as_ref(),
+            "--binary".as_ref(),
+            binary.as_ref(),
+        ],
+        out,
+    )
+    .await
 }
 
 /// The content and modification time of files, to show a run changed none of them.
