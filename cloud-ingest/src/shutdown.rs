@@ -1,6 +1,6 @@
 //! Waiting that shutdown cuts short. Every loop that waits, for a backoff before it retries
 //! (the start-up migration, the MQTT link and worker, the outbox relay) or between rounds (the
-//! pruner), sleeps through [`sleep_or_shutdown`], so that a shutdown signal ends the wait at
+//! pruner), sleeps through `sleep_or_shutdown`, so that a shutdown signal ends the wait at
 //! once instead of after it.
 
 use std::time::Duration;
