@@ -31,16 +31,18 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::from_fn_with_state;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Extension, Router};
 use capture_protocol::{ClipId, OrderId, Status, Timestamp, Uploaded};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::{self, Authenticator, Principal, Scope};
-use crate::catalog::{self, CatalogError, Decision, Pool, StoredClip};
-use crate::consumer::Stations;
+pub use crate::api_error::ApiError;
+use crate::auth::{self, Authenticator};
+use crate::catalog::{self, Decision, Pool, StoredClip};
+use crate::principal::{Principal, Scope};
+use crate::stations::Stations;
 use crate::telemetry::Metrics;
 
 /// What the handlers share.
@@ -106,62 +108,6 @@ async fn not_found() -> ApiError {
         "not_found",
         "no such route".to_owned(),
     )
-}
-
-/// An error answer: status, code, message.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    /// `WWW-Authenticate` of a 401 or 403.
-    challenge: Option<String>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message,
-            challenge: None,
-        }
-    }
-
-    /// Adds a `WWW-Authenticate` challenge.
-    pub fn with_challenge(mut self, challenge: String) -> ApiError {
-        self.challenge = Some(challenge);
-        self
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(challenge) = self
-            .challenge
-            .and_then(|c| header::HeaderValue::from_str(&c).ok())
-        {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, challenge);
-        }
-        response
-    }
-}
-
-impl From<CatalogError> for ApiError {
-    fn from(error: CatalogError) -> Self {
-        let (status, code) = match error {
-            CatalogError::Connect(_) | CatalogError::ConnectTimeout(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        tracing::warn!(error = %error, "API request failed");
-        ApiError::new(status, code, error.to_string())
-    }
 }
 
 /// Query parameters of the routes that hand out presigned URLs.

@@ -32,6 +32,8 @@ use futures::future::try_join_all;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_postgres::{Client, NoTls};
 
+use crate::config::PostgresConfig;
+
 /// Embedded migrations, applied in order, each once (`schema_migrations` keeps count).
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_catalog.sql")),
@@ -110,6 +112,21 @@ impl Pool {
                 .collect(),
             next: AtomicUsize::new(0),
         })
+    }
+
+    /// The pool the configuration describes (`[postgres]`), with the password from its
+    /// secret file.
+    pub fn from_config(
+        config: &PostgresConfig,
+        password: Option<&str>,
+    ) -> Result<Pool, CatalogError> {
+        Pool::new(
+            &config.url,
+            password,
+            config.pool_size,
+            config.connect_timeout,
+        )
+        .map(|pool| pool.with_statement_timeout(config.statement_timeout))
     }
 
     /// The same pool with PostgreSQL's `statement_timeout` set on every connection it opens:

@@ -26,59 +26,22 @@
 //!   does not restore them), from a spawned task. The in-flight window the broker grants
 //!   bounds the channel to the worker.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use capture_protocol::{
-    ClipId, Confirm, DeviceId, Env, Status, Uploaded, UploadedError, decode, topic,
-};
+use capture_protocol::{ClipId, Confirm, DeviceId, Env, Uploaded, UploadedError, decode, topic};
 use futures::StreamExt;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::catalog::{self, Decision, Entry, Poison, Pool, Recorded};
+pub use crate::config::MAX_PACKET_BYTES;
 use crate::config::MqttConfig;
-use crate::outbox::sleep_or_shutdown;
+use crate::shutdown::sleep_or_shutdown;
+use crate::stations::Stations;
 use crate::telemetry::Metrics;
 use crate::verify::Verifier;
-
-/// The last retained status of every station, by station id.
-#[derive(Debug, Default)]
-pub struct Stations {
-    inner: RwLock<BTreeMap<String, Status>>,
-}
-
-impl Stations {
-    /// Every known station, ordered by id.
-    pub fn snapshot(&self) -> Vec<Status> {
-        self.inner
-            .read()
-            .map(|map| map.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn update(&self, topic: &str, payload: &[u8]) {
-        let station = topic.split('/').nth(3).unwrap_or_default().to_owned();
-        let Ok(mut map) = self.inner.write() else {
-            return;
-        };
-        if payload.is_empty() {
-            map.remove(&station);
-            return;
-        }
-        match decode::<Status>(payload, "station status") {
-            Ok(status) => {
-                map.insert(station, status);
-            }
-            Err(error) => tracing::warn!(%topic, error = %error, "ignoring unreadable status"),
-        }
-    }
-}
-
-/// Largest MQTT packet the ingest accepts or sends.
-pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
 
 /// The MQTT client options of the ingest.
 pub fn mqtt_options(config: &MqttConfig, password: Option<&str>) -> MqttOptions {

@@ -17,21 +17,31 @@
 //! runs a relay; PostgreSQL is the only state. [`run`] takes the shutdown signal as a future
 //! (the binary wires SIGTERM and ctrl-c to it); the library installs no signal handler.
 //!
-//! Modules: [`config`] (file, env, secrets, validation), [`consumer`] (MQTT link and worker),
-//! [`verify`], [`catalog`] (+ `migrations/`), [`outbox`] (relay to AMQP), [`retention`]
-//! (pruning the outbox and poison tables), [`api`], [`auth`]
-//! (who may call the API: service tokens, OIDC, scopes; the `token` CLI), [`telemetry`] (logs,
-//! metrics).
+//! Modules, in groups that import only from the groups after them (within a group, only
+//! `api_error` uses `catalog` and `telemetry` uses `rejection`; `scripts/module-graph
+//! cloud-ingest/src` checks that there is no cycle): the tasks [`consumer`] (MQTT link and worker), [`outbox`]
+//! (relay to AMQP), [`retention`] (pruning the outbox and poison tables) and [`api`]; what
+//! they call, [`verify`] and [`auth`] (who may call the API: service tokens, OIDC; the `token`
+//! CLI); the shared leaves [`catalog`] (+ `migrations/`), [`api_error`], [`stations`],
+//! [`shutdown`], [`telemetry`] (metrics) and [`rejection`] (metric labels of rejection
+//! reasons); and at the bottom [`config`] (file, environment overrides, validation, secrets),
+//! [`principal`] (scopes, the authenticated caller) and [`jwa`] (signature algorithms).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_error;
 pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod consumer;
+pub mod jwa;
 pub mod outbox;
+pub mod principal;
+pub mod rejection;
 pub mod retention;
+pub mod shutdown;
+pub mod stations;
 pub mod telemetry;
 pub mod verify;
 
@@ -45,8 +55,10 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::catalog::{CatalogError, Pool};
 use crate::config::{Config, ConfigError, Secrets};
-use crate::consumer::{Stations, Worker};
-use crate::outbox::{Relay, sleep_or_shutdown};
+use crate::consumer::Worker;
+use crate::outbox::Relay;
+use crate::shutdown::sleep_or_shutdown;
+use crate::stations::Stations;
 use crate::telemetry::Metrics;
 use crate::verify::Verifier;
 
@@ -80,20 +92,11 @@ pub enum RunError {
     Http(#[source] std::io::Error),
 }
 
-pub(crate) fn pool(config: &Config, secrets: &Secrets) -> Result<Pool, CatalogError> {
-    Pool::new(
-        &config.postgres.url,
-        secrets.postgres_password.as_deref(),
-        config.postgres.pool_size,
-        config.postgres.connect_timeout,
-    )
-    .map(|pool| pool.with_statement_timeout(config.postgres.statement_timeout))
-}
-
 /// Applies the embedded migrations (`cloud-ingest migrate`); returns the versions applied.
 pub async fn migrate(config: &Config) -> Result<Vec<i32>, RunError> {
     let secrets = config.secrets()?;
-    Ok(catalog::migrate(&pool(config, &secrets)?).await?)
+    let pool = Pool::from_config(&config.postgres, secrets.postgres_password.as_deref())?;
+    Ok(catalog::migrate(&pool).await?)
 }
 
 /// The S3 client for a configuration.
@@ -119,7 +122,10 @@ pub async fn run(
     let env = config.env()?;
     let secrets = config.secrets()?;
     let metrics = Arc::new(Metrics::default());
-    let pool = Arc::new(pool(&config, &secrets)?);
+    let pool = Arc::new(Pool::from_config(
+        &config.postgres,
+        secrets.postgres_password.as_deref(),
+    )?);
     let stations = Arc::new(Stations::default());
     let s3 = store_client(&config, &secrets);
     let wake = Arc::new(Notify::new());

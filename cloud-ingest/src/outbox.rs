@@ -40,6 +40,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::{CatalogError, Pool};
+use crate::shutdown::sleep_or_shutdown;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -328,19 +329,5 @@ impl Relay {
                 .outbox_oldest_secs
                 .store(oldest.max(0.0) as u64, Ordering::Relaxed);
         }
-    }
-}
-
-/// Sleeps `duration` unless shutdown comes first; true when shutting down.
-pub(crate) async fn sleep_or_shutdown(
-    duration: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    if *shutdown.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(duration) => *shutdown.borrow(),
-        _ = shutdown.changed() => true,
     }
 }

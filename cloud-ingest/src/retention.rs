@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::catalog::{self, Pool};
 use crate::config::RetentionConfig;
-use crate::outbox::sleep_or_shutdown;
+use crate::shutdown::sleep_or_shutdown;
 use crate::telemetry::Metrics;
 
 /// The pruning job of one replica.

@@ -13,7 +13,7 @@
 //! | --- | --- |
 //! | `ingest_notifications_total{outcome}` | notifications handled: `accepted`, `rejected`, `duplicate`, `poison` |
 //! | `ingest_events_published_total` | CloudEvents confirmed by RabbitMQ |
-//! | `ingest_rejections_total{reason}` | clips rejected, by kind of reason (`verify::REASON_LABELS`) |
+//! | `ingest_rejections_total{reason}` | clips rejected, by kind of reason (`rejection::REASON_LABELS`) |
 //! | `ingest_outbox_pending` | events in the outbox not yet confirmed (last relay round) |
 //! | `ingest_outbox_oldest_seconds` | age of the oldest of those events (0 when none) |
 //! | `ingest_events_returned_total` | publishes RabbitMQ returned as unroutable (the event stays in the outbox) |
@@ -33,7 +33,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::verify::{REASON_LABELS, reason_label};
+use crate::rejection::{REASON_LABELS, reason_label};
 
 /// Installs the JSON log subscriber for the process. Call once, from `main`.
 pub fn init_logs() {
@@ -55,7 +55,7 @@ pub struct Metrics {
     pub duplicate: AtomicU64,
     pub poison: AtomicU64,
     pub events_published: AtomicU64,
-    /// Per label of `verify::REASON_LABELS`, in that order.
+    /// Per label of `rejection::REASON_LABELS`, in that order.
     pub rejections: [AtomicU64; REASON_LABELS.len()],
     pub outbox_pending: AtomicU64,
     pub outbox_oldest_secs: AtomicU64,

@@ -20,8 +20,9 @@
 //!    (`sha256 mismatch: content hashes to ...`).
 //!
 //! A mismatch is a [`Decision::Rejected`] with a reason that starts with the names above: the
-//! reason goes to the device and into the `clip.rejected` event; [`reason_label`] names its
-//! kind for the `ingest_rejections_total{reason}` metric. A failure of the store itself
+//! reason goes to the device and into the `clip.rejected` event;
+//! [`rejection::reason_label`](crate::rejection::reason_label) names its kind for the
+//! `ingest_rejections_total{reason}` metric. A failure of the store itself
 //! (network, 5xx, timeouts) is a [`VerifyError`]: nothing is decided, the caller retries.
 //! The decision on the HEAD answer is the pure function [`judge`].
 
@@ -171,37 +172,6 @@ fn error_text<E: std::error::Error + 'static>(error: &E) -> String {
     text
 }
 
-/// The kinds of rejection, as [`reason_label`] names them (a bounded set of metric labels).
-pub const REASON_LABELS: [&str; 8] = [
-    "wrong_env",
-    "wrong_bucket",
-    "object_missing",
-    "size_mismatch",
-    "sha256_mismatch",
-    "sha256_missing",
-    "etag_mismatch",
-    "invalid",
-];
-
-/// The kind of a rejection reason, from the name it starts with (`size mismatch: ...` is
-/// `size_mismatch`; `wrong env` is the consumer's, for a key of another environment);
-/// `invalid` for the rest: a notification that failed its own checks
-/// ([`capture_protocol::Uploaded::check`]: key, content type, times).
-pub fn reason_label(reason: &str) -> &'static str {
-    [
-        ("wrong env", "wrong_env"),
-        ("wrong bucket", "wrong_bucket"),
-        ("object missing", "object_missing"),
-        ("size mismatch", "size_mismatch"),
-        ("sha256 mismatch", "sha256_mismatch"),
-        ("sha256 metadata missing", "sha256_missing"),
-        ("etag mismatch", "etag_mismatch"),
-    ]
-    .into_iter()
-    .find(|(prefix, _)| reason.starts_with(prefix))
-    .map_or("invalid", |(_, label)| label)
-}
-
 /// The decision on a HEAD answer: size and sha256 metadata against the notification.
 pub fn judge(uploaded: &Uploaded, size: Option<i64>, sha256: Option<&str>) -> Decision {
     let size = size.and_then(|s| u64::try_from(s).ok());
@@ -266,6 +236,7 @@ pub fn judge_etag(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rejection::{REASON_LABELS, reason_label};
     use crate::testdata::EXAMPLE;
 
     const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::Scope;
 use super::tokens::{self, TokenError, TokenInfo, TokenSpec};
 use crate::catalog::{self, CatalogError};
 use crate::config::{Config, ConfigError};
+use crate::principal::Scope;
 
 /// Why a `token` subcommand failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ impl TokenCommand {
 /// Runs one `token` subcommand.
 pub async fn run(config: &Config, command: TokenCommand) -> Result<(), TokenCliError> {
     let secrets = config.secrets()?;
-    let pool = crate::pool(config, &secrets)?;
+    let pool = catalog::Pool::from_config(&config.postgres, secrets.postgres_password.as_deref())?;
     catalog::migrate(&pool).await?;
     match command {
         TokenCommand::Create {

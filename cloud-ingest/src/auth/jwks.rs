@@ -31,7 +31,8 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use super::jwt::{Algorithm, Key, KeySet};
+use super::jwt::{Key, KeySet};
+use crate::jwa::Algorithm;
 use crate::telemetry::Metrics;
 
 const MAX_BODY: usize = 1 << 20;

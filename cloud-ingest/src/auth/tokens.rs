@@ -31,8 +31,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Principal, Scope, Via};
 use crate::catalog::{CatalogError, Pool};
+use crate::principal::{Principal, Scope, Via};
 
 /// What every service token starts with.
 pub const PREFIX: &str = "cit_";
