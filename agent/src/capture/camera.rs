@@ -1,5 +1,5 @@
 //! A camera's public face: [`Camera::start`], the [`CameraHandle`] the daemon holds, and the
-//! [`CameraStatus`] it publishes. The work is done by the camera's actor (`actor.rs`): one
+//! [`CameraStatus`] it publishes. The work is done by the camera's actor (`actor/`): one
 //! OS thread per camera owns its pipeline, its pre-roll ring, the recording in progress and
 //! the pending snapshots.
 //!
@@ -20,11 +20,10 @@
 //! failure touches no other camera: each has its own thread, pipeline and inbox.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gstreamer as gst;
 use tokio::sync::{oneshot, watch};
@@ -36,6 +35,7 @@ use super::recorder::{RecordingRequest, RecordingStarted};
 use super::seal::SealedClip;
 use super::snapshot::Snapshot;
 use super::spec::CameraSpec;
+use super::status::{CameraState, CameraStatus};
 
 /// Entry point: starts cameras.
 #[derive(Debug)]
@@ -94,37 +94,6 @@ impl Camera {
             _guard: Arc::new(ShutdownOnDrop(tx)),
         })
     }
-}
-
-/// Where a camera's pipeline is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CameraState {
-    /// Started, no frame yet.
-    Starting,
-    /// Frames are flowing.
-    Running,
-    /// Failed; the next attempt is `retry_in` after the failure.
-    Restarting { failures: u32, retry_in: Duration },
-    /// Shut down.
-    Stopped,
-}
-
-/// A camera's status, for the station status and `capture-agent` output.
-#[derive(Debug, Clone)]
-pub struct CameraStatus {
-    pub camera: String,
-    /// The device or URL (credentials removed).
-    pub device: String,
-    pub encoder: EncoderKind,
-    pub state: CameraState,
-    /// The most recent failure (kept after recovery, for the operator).
-    pub last_error: Option<CaptureError>,
-    /// Pipeline restarts since the camera was started.
-    pub restarts: u32,
-    /// The `*.part` file being recorded, if any.
-    pub recording: Option<PathBuf>,
-    /// When frames started flowing (the pre-roll is full once `preroll` has passed).
-    pub running_since: Option<Instant>,
 }
 
 /// A cloneable handle to one camera's actor. Dropping the last one shuts the camera down.

@@ -16,22 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::error::CaptureError;
-use super::spec::CameraSpec;
-
-/// What the configuration asks for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EncoderChoice {
-    /// Hardware where present, else x264; passthrough for H.264 sources without overlay.
-    #[default]
-    Auto,
-    /// Software `x264enc`.
-    X264,
-    /// Hardware `v4l2h264enc` (fails if absent).
-    V4l2,
-    /// Keep the camera's own H.264.
-    Passthrough,
-}
+use super::spec::{CameraSpec, EncoderChoice};
 
 /// What a running pipeline actually uses (reported in logs and the station status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

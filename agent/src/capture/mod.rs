@@ -5,7 +5,7 @@
 //! ```text
 //!  camera ──► [camera pipeline, always running]                       (pipeline.rs, source.rs, encoder.rs)
 //!             source ─ overlay (order | station | camera + UTC time) ─ tee
-//!               ├─ encoder ─ h264parse ─ appsink ──► camera actor ──► pre-roll ring (memory)   (actor.rs, ring.rs)
+//!               ├─ encoder ─ h264parse ─ appsink ──► camera actor ──► pre-roll ring (memory)   (actor/, ring.rs)
 //!               │                                          │
 //!               │                                          └─ while recording ──► clip writer   (recorder.rs, writer.rs)
 //!               │                                               appsrc ─ mp4mux ─ filesink NAME.mp4.part
@@ -15,7 +15,7 @@
 //!  crash: NAME.mp4.part left behind ──► seal_part_file: remux its complete frames ──► NAME.mp4 (truncated)
 //! ```
 //!
-//! One [`Camera`] per physical camera: [`Camera::start`] spawns its actor (`actor.rs`, a thread
+//! One [`Camera`] per physical camera: [`Camera::start`] spawns its actor (`actor/`, a thread
 //! owning the pipeline; [`camera`] says why a thread) and returns a cloneable
 //! [`CameraHandle`] with async methods. The camera pipeline is never stopped for a recording or
 //! a snapshot: the encoder runs all the time so that the pre-roll (the seconds before a
@@ -61,14 +61,16 @@ pub mod seal;
 pub mod snapshot;
 pub mod source;
 pub mod spec;
+pub mod status;
 mod writer;
 
-pub use camera::{Camera, CameraHandle, CameraState, CameraStatus};
-pub use encoder::{EncoderChoice, EncoderKind};
+pub use camera::{Camera, CameraHandle};
+pub use encoder::EncoderKind;
 pub use error::CaptureError;
 pub use probe::{ClipInfo, inspect};
 pub use recorder::{RecordingRequest, RecordingStarted};
 pub use seal::{SealedClip, seal_part_file};
 pub use snapshot::Snapshot;
 pub use source::{InputFormat, Source};
-pub use spec::{Bitrate, CameraSpec, Resolution};
+pub use spec::{Bitrate, CameraSpec, EncoderChoice, Resolution};
+pub use status::{CameraState, CameraStatus};

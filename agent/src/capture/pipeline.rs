@@ -72,13 +72,6 @@ pub(crate) fn overlay_label(order: &str, station: &str, camera: &str) -> String 
     format!("{order}\n{station} | {camera}")
 }
 
-/// The smallest frame that carries an overlay: below it no legible label fits (validation
-/// refuses `overlay = true` for smaller frames).
-pub const MIN_OVERLAY_FRAME: Resolution = Resolution {
-    width: 160,
-    height: 120,
-};
-
 /// How the overlay is laid out in a frame of one size. GStreamer wraps the text at the whole
 /// frame's width whatever the margin, so the label is broken into lines here, at a width that
 /// holds even the widest glyphs; the clock gets a line of its own.
@@ -360,6 +353,7 @@ mod tests {
 #[cfg(test)]
 mod overlay_fit {
     use super::*;
+    use crate::capture::spec::MIN_OVERLAY_FRAME;
 
     /// Renders `text` with the engine's overlay on one white frame; the bounding box of every
     /// pixel the overlay changed: (left, top, right, bottom).

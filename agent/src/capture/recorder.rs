@@ -15,7 +15,7 @@
 //! then the writer gets EOS, and the clip is sealed once mp4mux has finished the file.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gstreamer as gst;
 use time::OffsetDateTime;
@@ -88,13 +88,12 @@ pub struct RecordingStarted {
     pub at: OffsetDateTime,
 }
 
-/// A stop in progress.
+/// A stop in progress. (Its deadlines, for the frames and then for the writer's EOS, are
+/// the actor's: `actor/deadlines.rs`.)
 #[derive(Debug)]
 pub(crate) struct Stopping {
     /// Frames at or after this running time are not part of the clip.
     pub(crate) until: gst::ClockTime,
-    /// When to give up waiting for frames (and then for the writer's EOS).
-    pub(crate) deadline: Instant,
     /// EOS has been sent to the writer.
     pub(crate) eos_sent: bool,
     pub(crate) reply: Option<oneshot::Sender<Result<SealedClip, CaptureError>>>,

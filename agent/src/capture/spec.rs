@@ -24,9 +24,30 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::encoder::EncoderChoice;
 use super::error::CaptureError;
 use super::source::{InputFormat, Source};
+
+/// What the configuration asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderChoice {
+    /// Hardware where present, else x264; passthrough for H.264 sources without overlay.
+    #[default]
+    Auto,
+    /// Software `x264enc`.
+    X264,
+    /// Hardware `v4l2h264enc` (fails if absent).
+    V4l2,
+    /// Keep the camera's own H.264.
+    Passthrough,
+}
+
+/// The smallest frame that carries an overlay: below it no legible label fits (validation
+/// refuses `overlay = true` for smaller frames).
+pub const MIN_OVERLAY_FRAME: Resolution = Resolution {
+    width: 160,
+    height: 120,
+};
 
 /// One camera of a station.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +161,7 @@ impl CameraSpec {
                 self.resolution
             )));
         }
-        let min = super::pipeline::MIN_OVERLAY_FRAME;
+        let min = MIN_OVERLAY_FRAME;
         if self.overlay && (width < min.width || height < min.height) {
             return Err(bad(format!(
                 "resolution {} is too small for a legible overlay (at least {min}): set overlay = false or a larger resolution",
@@ -395,7 +416,7 @@ mod tests {
         spec.overlay = false;
         spec.validate().unwrap();
         spec.overlay = true;
-        spec.resolution = super::super::pipeline::MIN_OVERLAY_FRAME;
+        spec.resolution = MIN_OVERLAY_FRAME;
         spec.validate().unwrap();
     }
 
