@@ -9,9 +9,10 @@
 //! The part plan is a pure function of the file's size and a part size
 //! ([`plan_part_size`]): a file of at most `part_size` bytes goes in one `PutObject` (its one
 //! "part" is the whole file); a larger one is cut every [`part_size_for`] bytes (the
-//! configured size, raised when 10,000 parts would not do). The part size used is stored with
-//! the MD5s ([`PartDigests`]), so a configuration changed between seal and upload does not
-//! change the plan of a clip already sealed.
+//! configured size, raised when 10,000 parts would not do) into the parts of [`plan`], which
+//! the uploader sends as they are. The part size used is stored with the MD5s
+//! ([`PartDigests`]), so a configuration changed between seal and upload does not change the
+//! plan of a clip already sealed.
 //!
 //! Because the uploader sends these MD5s instead of computing them from the file at upload
 //! time, the store refuses (`BadDigest`) a part whose bytes changed on the SD card since the
@@ -27,10 +28,45 @@ use std::time::{Duration, Instant};
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
 
-use crate::uploader::multipart::{PartPlan, part_size_for, plan};
-
 /// The default `store.part_size`, for tools that seal without a configuration.
 pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+
+/// The most parts one object may have (S3 and OBS).
+pub const MAX_PARTS: u64 = 10_000;
+
+/// One part of the file: 1-based number, byte offset and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartPlan {
+    pub number: i64,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// The part size for a file of `size` bytes: the configured one, raised (to whole MiB) when
+/// the file would need more than [`MAX_PARTS`] parts.
+pub fn part_size_for(size: u64, configured: u64) -> u64 {
+    let configured = configured.max(1);
+    if size.div_ceil(configured) <= MAX_PARTS {
+        return configured;
+    }
+    let needed = size.div_ceil(MAX_PARTS);
+    needed.div_ceil(1 << 20) * (1 << 20)
+}
+
+/// The parts of a file of `size` bytes cut every `part_size` bytes.
+pub fn plan(size: u64, part_size: u64) -> Vec<PartPlan> {
+    let part_size = part_size.max(1);
+    (0..size.div_ceil(part_size))
+        .map(|index| {
+            let offset = index * part_size;
+            PartPlan {
+                number: i64::try_from(index + 1).unwrap_or(i64::MAX),
+                offset,
+                length: part_size.min(size - offset),
+            }
+        })
+        .collect()
+}
 
 /// The MD5 of every part of a file's upload plan, and the part size that plan was made with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +322,47 @@ mod tests {
         let mut joined = md5(b"a").to_vec();
         joined.extend_from_slice(&md5(b"b"));
         assert_eq!(digests.etag(), format!("{}-2", hex::encode(md5(&joined))));
+    }
+
+    #[test]
+    fn parts_cover_the_file_exactly() {
+        let parts = plan(20, 8);
+        assert_eq!(
+            parts,
+            [
+                PartPlan {
+                    number: 1,
+                    offset: 0,
+                    length: 8
+                },
+                PartPlan {
+                    number: 2,
+                    offset: 8,
+                    length: 8
+                },
+                PartPlan {
+                    number: 3,
+                    offset: 16,
+                    length: 4
+                },
+            ]
+        );
+        assert_eq!(plan(16, 8).len(), 2);
+        assert!(plan(0, 8).is_empty());
+        let mib = 1u64 << 20;
+        let total: u64 = plan(100 * mib + 1, 8 * mib).iter().map(|p| p.length).sum();
+        assert_eq!(total, 100 * mib + 1);
+    }
+
+    #[test]
+    fn the_part_size_grows_only_when_ten_thousand_parts_would_not_do() {
+        let mib = 1u64 << 20;
+        assert_eq!(part_size_for(1 << 30, 8 * mib), 8 * mib);
+        assert_eq!(part_size_for(10_000 * 8 * mib, 8 * mib), 8 * mib);
+        let big = 10_000 * 8 * mib + 1;
+        let grown = part_size_for(big, 8 * mib);
+        assert_eq!(grown, 9 * mib);
+        assert!(plan(big, grown).len() as u64 <= MAX_PARTS);
     }
 
     #[test]

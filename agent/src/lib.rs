@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod digest;
 pub mod disk;
+pub mod hint;
 pub mod link;
 pub mod spool;
 pub mod station;

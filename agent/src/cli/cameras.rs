@@ -1,7 +1,7 @@
 //! `capture-agent cameras`: what cameras this machine has, and their modes.
 
-use super::explain;
 use crate::capture::discovery::discover;
+use crate::hint::explain;
 
 /// Runs `cameras`.
 pub fn cameras() -> anyhow::Result<()> {

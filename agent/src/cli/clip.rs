@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::explain;
 use crate::capture::{inspect as inspect_clip, seal_part_file};
+use crate::hint::explain;
 
 /// Options of `seal`.
 #[derive(Debug, Args)]

@@ -8,9 +8,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::camera_args::{CameraArgs, parse_duration};
-use super::{explain, runtime};
+use super::runtime;
 use crate::capture::pipeline::launch_equivalent;
 use crate::capture::{Camera, EncoderKind, RecordingRequest};
+use crate::hint::explain;
 
 /// Options of `record`.
 #[derive(Debug, Args)]

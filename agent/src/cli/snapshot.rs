@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::camera_args::CameraArgs;
-use super::{explain, runtime};
+use super::runtime;
 use crate::capture::Camera;
+use crate::hint::explain;
 
 /// Options of `snapshot`.
 #[derive(Debug, Args)]

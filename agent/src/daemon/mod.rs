@@ -381,7 +381,7 @@ fn start_cameras(config: &Config) -> anyhow::Result<Vec<CameraHandle>> {
         .iter()
         .map(|spec| {
             Camera::start(spec.clone())
-                .map_err(crate::cli::explain)
+                .map_err(crate::hint::explain)
                 .with_context(|| format!("starting camera {}", spec.name))
         })
         .collect()

@@ -31,46 +31,9 @@ use md5::{Digest as _, Md5};
 
 use super::client::{Body, ListedPart, ObjectSpec, StoreErrorKind};
 use super::{Context, UploadError, refused_body};
-use crate::digest::PartDigests;
+use crate::digest::{PartDigests, PartPlan};
 use crate::spool::{ClipState, PartRow, multipart};
 use crate::telemetry::Metrics;
-
-/// The most parts one object may have (S3 and OBS).
-pub const MAX_PARTS: u64 = 10_000;
-
-/// One part of the file: 1-based number, byte offset and length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartPlan {
-    pub number: i64,
-    pub offset: u64,
-    pub length: u64,
-}
-
-/// The part size for a file of `size` bytes: the configured one, raised (to whole MiB) when
-/// the file would need more than [`MAX_PARTS`] parts.
-pub fn part_size_for(size: u64, configured: u64) -> u64 {
-    let configured = configured.max(1);
-    if size.div_ceil(configured) <= MAX_PARTS {
-        return configured;
-    }
-    let needed = size.div_ceil(MAX_PARTS);
-    needed.div_ceil(1 << 20) * (1 << 20)
-}
-
-/// The parts of a file of `size` bytes cut every `part_size` bytes.
-pub fn plan(size: u64, part_size: u64) -> Vec<PartPlan> {
-    let part_size = part_size.max(1);
-    (0..size.div_ceil(part_size))
-        .map(|index| {
-            let offset = index * part_size;
-            PartPlan {
-                number: i64::try_from(index + 1).unwrap_or(i64::MAX),
-                offset,
-                length: part_size.min(size - offset),
-            }
-        })
-        .collect()
-}
 
 /// What resuming an upload found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -370,47 +333,7 @@ async fn send_part(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parts_cover_the_file_exactly() {
-        let parts = plan(20, 8);
-        assert_eq!(
-            parts,
-            [
-                PartPlan {
-                    number: 1,
-                    offset: 0,
-                    length: 8
-                },
-                PartPlan {
-                    number: 2,
-                    offset: 8,
-                    length: 8
-                },
-                PartPlan {
-                    number: 3,
-                    offset: 16,
-                    length: 4
-                },
-            ]
-        );
-        assert_eq!(plan(16, 8).len(), 2);
-        assert!(plan(0, 8).is_empty());
-        let mib = 1u64 << 20;
-        let total: u64 = plan(100 * mib + 1, 8 * mib).iter().map(|p| p.length).sum();
-        assert_eq!(total, 100 * mib + 1);
-    }
-
-    #[test]
-    fn the_part_size_grows_only_when_ten_thousand_parts_would_not_do() {
-        let mib = 1u64 << 20;
-        assert_eq!(part_size_for(1 << 30, 8 * mib), 8 * mib);
-        assert_eq!(part_size_for(10_000 * 8 * mib, 8 * mib), 8 * mib);
-        let big = 10_000 * 8 * mib + 1;
-        let grown = part_size_for(big, 8 * mib);
-        assert_eq!(grown, 9 * mib);
-        assert!(plan(big, grown).len() as u64 <= MAX_PARTS);
-    }
+    use crate::digest::plan;
 
     fn recorded(number: i64, etag: &str, size: i64) -> PartRow {
         PartRow {
