@@ -43,6 +43,7 @@ mod confirm;
 mod event;
 pub mod ids;
 mod meta;
+mod op_name;
 mod reply;
 pub mod schema;
 mod status;
@@ -56,7 +57,7 @@ pub use cloudevent::{
     CONTENT_TYPE, ClipData, ClipEvent, ClipEventType, DataContentType, EXCHANGE, SpecVersion,
 };
 pub use command::{
-    Cameras, CamerasError, Capture, Command, CommandError, Op, OpName, Rejection, parse_command,
+    Cameras, CamerasError, Capture, Command, CommandError, Op, Rejection, parse_command,
 };
 pub use confirm::{Confirm, Verdict, parse_confirm};
 pub use event::{Event, EventKind};
@@ -64,6 +65,7 @@ pub use ids::{
     CameraName, ClipId, CommandId, DeviceId, Env, IdKind, InvalidId, OrderId, Sha256Hex, StationId,
 };
 pub use meta::{MAX_META_BYTES, Meta, MetaError};
+pub use op_name::OpName;
 pub use reply::{ErrorCode, Reply, ReplyError};
 pub use status::{Presence, Queue, Recording, Status};
 pub use timestamp::{Timestamp, TimestampError};

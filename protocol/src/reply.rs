@@ -10,6 +10,10 @@
 //! ```
 //!
 //! An ok reply always carries `clips` (empty for `ping`).
+//!
+//! A reply knows the command it answers only by its id, op name ([`OpName`]) and order; the
+//! replies made from a command live with it (`Reply::ok` and `Reply::error` in `command`, and
+//! `Rejection::to_reply` for a payload refused before it was a command).
 
 use std::fmt;
 
@@ -17,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::Flag;
-use crate::{ClipId, Command, CommandId, OpName, OrderId, ProtocolV1, Timestamp};
+use crate::{ClipId, CommandId, OpName, OrderId, ProtocolV1, Timestamp};
 
 /// One reply to one command delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -36,36 +40,6 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// `"ok":true` for `command`, with the clips it concerns (none for `ping`).
-    pub fn ok(command: &Command, clips: Vec<ClipId>, at: Timestamp) -> Reply {
-        Reply {
-            id: Some(command.id.clone()),
-            op: Some(command.op.name()),
-            order: command.order().cloned(),
-            outcome: Ok(clips),
-            at: Some(at),
-        }
-    }
-
-    /// `"ok":false` for `command`; `message` says what failed with which input.
-    pub fn error(
-        command: &Command,
-        code: ErrorCode,
-        message: impl Into<String>,
-        at: Timestamp,
-    ) -> Reply {
-        Reply {
-            id: Some(command.id.clone()),
-            op: Some(command.op.name()),
-            order: command.order().cloned(),
-            outcome: Err(ReplyError {
-                code,
-                message: message.into(),
-            }),
-            at: Some(at),
-        }
-    }
-
     /// Whether the command succeeded.
     pub fn is_ok(&self) -> bool {
         self.outcome.is_ok()
@@ -281,16 +255,6 @@ mod tests {
         assert_eq!(value["ok"], json!(false));
         assert_eq!(value["error"]["code"], json!("bad_request"));
         assert_eq!(serde_json::from_value::<Reply>(value).unwrap(), reply);
-    }
-
-    #[test]
-    fn ok_replies_always_carry_clips() {
-        let ping: Command = serde_json::from_str(r#"{"v":1,"id":"c-0005","op":"ping"}"#).unwrap();
-        let at = "2026-11-23T10:00:00Z".parse().unwrap();
-        assert_eq!(
-            serde_json::to_string(&Reply::ok(&ping, vec![], at)).unwrap(),
-            r#"{"v":1,"id":"c-0005","ok":true,"op":"ping","clips":[],"at":"2026-11-23T10:00:00Z"}"#
-        );
     }
 
     #[test]

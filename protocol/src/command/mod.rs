@@ -13,13 +13,14 @@
 //! not the agent's own) and `sent_at`. Unknown fields are ignored.
 //!
 //! An agent turns a raw payload into a [`Command`] with [`parse_command`], which never panics
-//! and, on refusal, says which reply to send ([`Rejection::to_reply`]).
+//! and, on refusal, says which reply to send ([`Rejection::to_reply`]); a command it read it
+//! answers with [`Reply::ok`] or [`Reply::error`]. Replies are made here, from what the command
+//! holds: `reply` defines their wire shape and knows nothing of commands.
 
 mod parse;
 #[cfg(test)]
 mod properties;
 
-use std::fmt;
 use std::num::NonZeroU32;
 
 use schemars::JsonSchema;
@@ -27,7 +28,10 @@ use serde::{Deserialize, Serialize};
 
 pub use parse::{CommandError, Rejection, parse_command};
 
-use crate::{CameraName, CommandId, Env, Meta, OrderId, ProtocolV1, Timestamp};
+use crate::{
+    CameraName, ClipId, CommandId, Env, ErrorCode, Meta, OpName, OrderId, ProtocolV1, Reply,
+    ReplyError, Timestamp,
+};
 
 /// One command from the line system.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -63,6 +67,40 @@ impl Command {
     /// The order the command is about (`None` for `ping`).
     pub fn order(&self) -> Option<&OrderId> {
         self.op.order()
+    }
+}
+
+/// The answers to a command that was read: the reply echoes its id, op and order. (A payload
+/// refused before it was a command is answered with [`Rejection::to_reply`].)
+impl Reply {
+    /// `"ok":true` for `command`, with the clips it concerns (none for `ping`).
+    pub fn ok(command: &Command, clips: Vec<ClipId>, at: Timestamp) -> Reply {
+        Reply {
+            id: Some(command.id.clone()),
+            op: Some(command.op.name()),
+            order: command.order().cloned(),
+            outcome: Ok(clips),
+            at: Some(at),
+        }
+    }
+
+    /// `"ok":false` for `command`; `message` says what failed with which input.
+    pub fn error(
+        command: &Command,
+        code: ErrorCode,
+        message: impl Into<String>,
+        at: Timestamp,
+    ) -> Reply {
+        Reply {
+            id: Some(command.id.clone()),
+            op: Some(command.op.name()),
+            order: command.order().cloned(),
+            outcome: Err(ReplyError {
+                code,
+                message: message.into(),
+            }),
+            at: Some(at),
+        }
     }
 }
 
@@ -203,60 +241,6 @@ impl JsonSchema for Cameras {
     }
 }
 
-/// The name of an operation, as in the `op` field of commands and replies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OpName {
-    /// `start`
-    Start,
-    /// `stop`
-    Stop,
-    /// `abort`
-    Abort,
-    /// `snapshot`
-    Snapshot,
-    /// `ping`
-    Ping,
-}
-
-impl OpName {
-    /// Every operation, in protocol order.
-    pub const ALL: [OpName; 5] = [
-        OpName::Start,
-        OpName::Stop,
-        OpName::Abort,
-        OpName::Snapshot,
-        OpName::Ping,
-    ];
-
-    /// The `op` field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpName::Start => "start",
-            OpName::Stop => "stop",
-            OpName::Abort => "abort",
-            OpName::Snapshot => "snapshot",
-            OpName::Ping => "ping",
-        }
-    }
-
-    /// The operation named `text`, if any.
-    pub fn from_name(text: &str) -> Option<OpName> {
-        OpName::ALL.into_iter().find(|op| op.as_str() == text)
-    }
-
-    /// Whether commands of this operation must carry an `order`.
-    pub fn takes_order(self) -> bool {
-        self != OpName::Ping
-    }
-}
-
-impl fmt::Display for OpName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,11 +325,12 @@ mod tests {
     }
 
     #[test]
-    fn op_names_parse_back() {
-        for op in OpName::ALL {
-            assert_eq!(OpName::from_name(op.as_str()), Some(op));
-            assert_eq!(serde_json::to_value(op).unwrap(), json!(op.as_str()));
-        }
-        assert_eq!(OpName::from_name("record"), None);
+    fn ok_replies_always_carry_clips() {
+        let ping: Command = serde_json::from_str(r#"{"v":1,"id":"c-0005","op":"ping"}"#).unwrap();
+        let at = "2026-11-23T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            serde_json::to_string(&Reply::ok(&ping, vec![], at)).unwrap(),
+            r#"{"v":1,"id":"c-0005","ok":true,"op":"ping","clips":[],"at":"2026-11-23T10:00:00Z"}"#
+        );
     }
 }
