@@ -2,6 +2,21 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for how a clip travels from the line's
 //! command to the core system's event.
+//!
+//! # Modules
+//!
+//! Layered, each using only the layers below it (`scripts/module-graph agent/src` checks that
+//! no imports go in a circle; `ARCHITECTURE.md` has the table):
+//!
+//! 1. [`cli`]: the operator's subcommands, `run` among them, which starts the [`daemon`].
+//! 2. [`daemon`]: the loop that turns commands into the station's decisions and carries them
+//!    out; it starts every task below.
+//! 3. [`link`] (MQTT) and [`uploader`] (the object store): one task per external resource.
+//! 4. [`config`], [`telemetry`] (logs, metrics) and [`hint`] (what an operator checks for a
+//!    capture error, printed by the CLI and added by the daemon).
+//! 5. [`capture`] (the cameras' pipelines and sealing) and [`spool`] (SQLite).
+//! 6. Leaves: [`digest`] (the seal's hashes and the upload's part plan), [`station`] (the state
+//!    machine, no I/O), [`disk`] (quota and eviction).
 
 pub mod capture;
 pub mod cli;
