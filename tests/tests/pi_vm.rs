@@ -342,7 +342,7 @@ async fn power_cut(
     system.agent.power_cut()?;
     system.ledger.faults += 1;
     println!(
-        "pi-vm: power cut {cut} while {} ({:.1} s after the start was answered)",
+        "pi-vm: power cut {cut} of {order} while {} ({:.1} s after the start was answered)",
         moment.name(),
         recorded.as_secs_f64()
     );
@@ -564,6 +564,17 @@ async fn run() -> Result<()> {
     };
     let worst_lost = check_lost_video(&system, &cut_recordings)?;
     clock.phase("audit");
+    // Every clip the station failed, with the station's reason: the figures' `failed`
+    // explained clip by clip.
+    for (clip_id, clip) in &system.ledger.clips {
+        for reason in &clip.failures {
+            println!(
+                "pi-vm: clip {clip_id} of {} ({}) failed on the station: {reason}",
+                clip.order,
+                clip.camera.as_deref().unwrap_or("?")
+            );
+        }
+    }
     ensure!((figures.lost, figures.duplicates) == (0, 0), "{figures:?}");
     ensure!(
         figures.completed + figures.failed == figures.clips,
