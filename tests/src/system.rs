@@ -82,24 +82,7 @@ impl Catalog {
     }
 }
 
-/// The station side of a [`System`]: the agent as a process of the test ([`Agent`]), or
-/// the agent installed from its package on a machine of its own (`fixtures::PiVm`).
-pub trait Station {
-    /// The station's spool, as `capture-agent spool --json --all` lists it.
-    fn spool_clips(&mut self) -> impl Future<Output = Result<Vec<Value>>>;
-    /// The last `lines` lines of what the agent logged.
-    fn log_tail(&self, lines: usize) -> String;
-}
-
-impl Station for Agent {
-    async fn spool_clips(&mut self) -> Result<Vec<Value>> {
-        Agent::spool_clips(self).await
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        Agent::log_tail(self, lines)
-    }
-}
+pub use crate::fixtures::Station;
 
 /// Every part of the system but the station, running: what [`System::with_station`] needs
 /// to become a [`System`] once a station is started against it.
