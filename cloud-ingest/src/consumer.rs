@@ -38,10 +38,15 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::catalog::{self, Decision, Entry, Poison, Pool, Recorded};
 pub use crate::config::MAX_PACKET_BYTES;
 use crate::config::MqttConfig;
-use crate::shutdown::sleep_or_shutdown;
+use crate::shutdown::{Backoff, sleep_or_shutdown};
 use crate::stations::Stations;
 use crate::telemetry::Metrics;
 use crate::verify::Verifier;
+
+/// First and longest wait before the link reconnects or the worker retries a verification or
+/// a commit.
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(5);
 
 /// The MQTT client options of the ingest.
 pub fn mqtt_options(config: &MqttConfig, password: Option<&str>) -> MqttOptions {
@@ -75,7 +80,7 @@ pub async fn drive_link(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let uploaded = topic::uploaded(&env);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_CAP);
     loop {
         // Not interrupted by shutdown: acks and confirms of the last batch still have to go
         // out. The loop ends when the client's Disconnect has been sent.
@@ -87,7 +92,7 @@ pub async fn drive_link(
                 metrics.mqtt_up.store(true, Ordering::Relaxed);
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to MQTT broker"
@@ -119,11 +124,11 @@ pub async fn drive_link(
             Ok(_) => {}
             Err(error) => {
                 metrics.mqtt_up.store(false, Ordering::Relaxed);
-                tracing::warn!(error = %error, retry_in = ?backoff, "MQTT connection failed");
-                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                tracing::warn!(error = %error, retry_in = ?backoff.current(), "MQTT connection failed");
+                if sleep_or_shutdown(backoff.current(), &mut shutdown).await {
                     break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.double();
             }
         }
     }
@@ -346,7 +351,7 @@ impl Worker {
         uploaded: &Uploaded,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Decision> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_CAP);
         loop {
             let started = Instant::now();
             match self.verifier.verify(uploaded).await {
@@ -361,11 +366,11 @@ impl Worker {
                 }
                 Err(error) => {
                     Metrics::inc(&self.metrics.retries_verify);
-                    tracing::warn!(clip_id = %uploaded.clip_id, error = %error, retry_in = ?backoff, "verification failed; retrying");
-                    if sleep_or_shutdown(backoff, shutdown).await {
+                    tracing::warn!(clip_id = %uploaded.clip_id, error = %error, retry_in = ?backoff.current(), "verification failed; retrying");
+                    if sleep_or_shutdown(backoff.current(), shutdown).await {
                         return None;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff.double();
                 }
             }
         }
@@ -378,7 +383,7 @@ impl Worker {
         poison: &[Poison],
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Vec<Recorded>, Abandoned> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_CAP);
         loop {
             match catalog::commit(&self.pool, &self.env, entries, poison).await {
                 Ok(recorded) => {
@@ -388,11 +393,11 @@ impl Worker {
                 Err(error) => {
                     self.metrics.postgres_up.store(false, Ordering::Relaxed);
                     Metrics::inc(&self.metrics.retries_catalog);
-                    tracing::warn!(error = %error, batch = entries.len() + poison.len(), retry_in = ?backoff, "catalog commit failed; retrying");
-                    if sleep_or_shutdown(backoff, shutdown).await {
+                    tracing::warn!(error = %error, batch = entries.len() + poison.len(), retry_in = ?backoff.current(), "catalog commit failed; retrying");
+                    if sleep_or_shutdown(backoff.current(), shutdown).await {
                         return Err(Abandoned);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff.double();
                 }
             }
         }

@@ -57,7 +57,7 @@ use crate::catalog::{CatalogError, Pool};
 use crate::config::{Config, ConfigError, Secrets};
 use crate::consumer::Worker;
 use crate::outbox::Relay;
-use crate::shutdown::sleep_or_shutdown;
+use crate::shutdown::{Backoff, sleep_or_shutdown};
 use crate::stations::Stations;
 use crate::telemetry::Metrics;
 use crate::verify::Verifier;
@@ -168,7 +168,7 @@ pub async fn run(
     tokio::spawn(async move { auth.prefetch().await });
 
     // The catalog schema, retried until PostgreSQL answers.
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut waiting = stop.clone();
     loop {
         match catalog::migrate(&pool).await {
@@ -177,14 +177,14 @@ pub async fn run(
                 break;
             }
             Err(error) => {
-                tracing::warn!(error = %error, retry_in = ?backoff, "migrating the catalog failed");
-                if sleep_or_shutdown(backoff, &mut waiting).await {
+                tracing::warn!(error = %error, retry_in = ?backoff.current(), "migrating the catalog failed");
+                if sleep_or_shutdown(backoff.current(), &mut waiting).await {
                     for server in servers {
                         let _ = server.await;
                     }
                     return Ok(());
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.double();
             }
         }
     }

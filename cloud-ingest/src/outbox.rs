@@ -40,7 +40,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::{CatalogError, Pool};
-use crate::shutdown::sleep_or_shutdown;
+use crate::shutdown::{Backoff, sleep_or_shutdown};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,12 +79,14 @@ pub struct Relay {
     pub metrics: Arc<Metrics>,
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First and longest wait before the relay retries RabbitMQ or the outbox.
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(5);
 
 impl Relay {
     /// Runs until `shutdown` turns true; the round in hand is finished first.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_CAP);
         while !*shutdown.borrow() {
             let (connection, channel) = match self.connect().await {
                 Ok(link) => link,
@@ -92,17 +94,17 @@ impl Relay {
                     self.metrics.amqp_up.store(false, Ordering::Relaxed);
                     self.count_pending().await;
                     Metrics::inc(&self.metrics.retries_relay);
-                    tracing::warn!(error = %error, retry_in = ?backoff, "connecting to RabbitMQ failed");
-                    if sleep_or_shutdown(backoff, &mut shutdown).await {
+                    tracing::warn!(error = %error, retry_in = ?backoff.current(), "connecting to RabbitMQ failed");
+                    if sleep_or_shutdown(backoff.current(), &mut shutdown).await {
                         break;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff.double();
                     continue;
                 }
             };
             tracing::info!(exchange = %self.exchange, "connected to RabbitMQ");
             self.metrics.amqp_up.store(true, Ordering::Relaxed);
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             let error = self
                 .publish_until_broken(&connection, &channel, &mut shutdown)
                 .await;
@@ -113,7 +115,7 @@ impl Relay {
                 Some(error) => {
                     Metrics::inc(&self.metrics.retries_relay);
                     tracing::warn!(error = %error, "RabbitMQ link lost; reconnecting");
-                    if sleep_or_shutdown(backoff, &mut shutdown).await {
+                    if sleep_or_shutdown(backoff.current(), &mut shutdown).await {
                         break;
                     }
                 }
@@ -129,7 +131,7 @@ impl Relay {
         channel: &Channel,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<RelayError> {
-        let mut db_backoff = Duration::from_millis(100);
+        let mut db_backoff = Backoff::new(RETRY_INITIAL, RETRY_CAP);
         loop {
             if *shutdown.borrow() {
                 return None;
@@ -137,7 +139,7 @@ impl Relay {
             match self.round(channel).await {
                 Ok(published) if published == self.batch => continue,
                 Ok(_) => {
-                    db_backoff = Duration::from_millis(100);
+                    db_backoff.reset();
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(self.poll_interval) => {}
@@ -151,10 +153,10 @@ impl Relay {
                     Metrics::inc(&self.metrics.retries_relay);
                     self.metrics.postgres_up.store(false, Ordering::Relaxed);
                     tracing::warn!(error = %error, "reading the outbox failed; retrying");
-                    if sleep_or_shutdown(db_backoff, shutdown).await {
+                    if sleep_or_shutdown(db_backoff.current(), shutdown).await {
                         return None;
                     }
-                    db_backoff = (db_backoff * 2).min(MAX_BACKOFF);
+                    db_backoff.double();
                 }
                 Err(error) => return Some(error),
             }

@@ -12,11 +12,14 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use capture_protocol::Uploaded;
-use capture_tests::fixtures::{Garage, Mosquitto, PgDatabase, RabbitMq, free_port, wait_until};
+use capture_tests::fixtures::HttpReply;
+use capture_tests::fixtures::{
+    Garage, Mosquitto, PgDatabase, RabbitMq, free_port, unique_name, wait_until,
+};
 use cloud_ingest::catalog::{self, Decision, Entry, Pool};
 use common::binary::{IngestBinary, create_token, token_cli};
 use common::idp::{IdentityProvider, RFC7515_SIGNATURE, RFC7515_SIGNING_INPUT, SigningKey};
-use common::{DEADLINE, Reply, Servers, clip, http_get, put};
+use common::{DEADLINE, Servers, clip, http_get, put};
 use serde_json::{Value, json};
 
 /// Verbose enough to catch a token in a library's debug output as well as in ours.
@@ -51,7 +54,7 @@ impl Stack {
                 exchange: &exchange,
                 secrets: &dir,
             },
-            &common::client_id("ingest-auth"),
+            &unique_name("ingest-auth"),
             http_port,
             "",
             extra_tables,
@@ -92,7 +95,7 @@ impl Stack {
 }
 
 /// The error code and `WWW-Authenticate` of a refusal.
-fn refusal(reply: &Reply) -> Result<(u16, String, String)> {
+fn refusal(reply: &HttpReply) -> Result<(u16, String, String)> {
     let body = reply.json()?;
     Ok((
         reply.status,

@@ -5,11 +5,13 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use capture_protocol::{ClipEventType, Verdict};
-use capture_tests::fixtures::{Garage, Mosquitto, PgDatabase, RabbitMq, wait_until};
+use capture_protocol::{ClipEvent, ClipEventType, Verdict};
+use capture_tests::fixtures::{
+    CoreSystem, Garage, Mosquitto, PgDatabase, RabbitMq, free_port, unique_name, wait_until,
+};
 use cloud_ingest::config::Config;
 use common::binary::IngestBinary;
-use common::{CoreSystem, DEADLINE, Device, Ingest, Servers, clip, http_get, put};
+use common::{DEADLINE, Device, Ingest, Servers, clip, http_get, put};
 use serde_json::json;
 
 struct Stack {
@@ -57,8 +59,8 @@ impl Stack {
 #[tokio::test]
 async fn an_uploaded_clip_is_cataloged_announced_and_confirmed() -> Result<()> {
     let stack = Stack::start().await?;
-    let mut core = CoreSystem::bind(&stack.rabbit).await?;
-    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    let mut core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let ingest = Ingest::start(stack.config(&core.names.exchange, "")?).await?;
     ingest.wait_ready().await?;
     let mut device = Device::connect(&stack.broker, "pi-07").await?;
 
@@ -71,7 +73,7 @@ async fn an_uploaded_clip_is_cataloged_announced_and_confirmed() -> Result<()> {
     assert_eq!(confirm.clip_id, uploaded.clip_id);
     assert_eq!(confirm.verdict, Verdict::Accepted);
 
-    let delivery = core.next_delivery().await?;
+    let delivery = core.next_delivery(DEADLINE).await?;
     assert_eq!(delivery.routing_key.as_str(), "clip.completed");
     let properties = &delivery.properties;
     assert_eq!(properties.delivery_mode(), &Some(2), "persistent");
@@ -130,8 +132,8 @@ async fn an_uploaded_clip_is_cataloged_announced_and_confirmed() -> Result<()> {
 #[tokio::test]
 async fn bad_uploads_are_rejected_and_the_service_keeps_working() -> Result<()> {
     let stack = Stack::start().await?;
-    let mut core = CoreSystem::bind(&stack.rabbit).await?;
-    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    let mut core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let ingest = Ingest::start(stack.config(&core.names.exchange, "")?).await?;
     ingest.wait_ready().await?;
     let mut device = Device::connect(&stack.broker, "pi-07").await?;
 
@@ -167,7 +169,7 @@ async fn bad_uploads_are_rejected_and_the_service_keeps_working() -> Result<()> 
             }
             Verdict::Accepted => panic!("{expected}: accepted"),
         }
-        let (routing_key, event) = core.next_event().await?;
+        let (routing_key, event) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
         assert_eq!(routing_key, "clip.rejected");
         assert_eq!(event.event_type, ClipEventType::Rejected);
         assert_eq!(event.data.clip_id, uploaded.clip_id);
@@ -205,7 +207,7 @@ async fn bad_uploads_are_rejected_and_the_service_keeps_working() -> Result<()> 
     let (_, confirm) = device.next_confirm().await?;
     assert_eq!(confirm.clip_id, good.clip_id);
     assert_eq!(confirm.verdict, Verdict::Accepted);
-    let (routing_key, event) = core.next_event().await?;
+    let (routing_key, event) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
     assert_eq!(routing_key, "clip.completed");
     assert_eq!(event.data.clip_id, good.clip_id);
 
@@ -252,8 +254,8 @@ async fn bad_uploads_are_rejected_and_the_service_keeps_working() -> Result<()> 
 #[tokio::test]
 async fn a_notification_delivered_three_times_gives_one_row_and_one_event_id() -> Result<()> {
     let stack = Stack::start().await?;
-    let mut core = CoreSystem::bind(&stack.rabbit).await?;
-    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    let mut core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let ingest = Ingest::start(stack.config(&core.names.exchange, "")?).await?;
     ingest.wait_ready().await?;
     let mut device = Device::connect(&stack.broker, "pi-07").await?;
 
@@ -271,7 +273,7 @@ async fn a_notification_delivered_three_times_gives_one_row_and_one_event_id() -
             "every delivery is confirmed"
         );
     }
-    let (_, event) = core.next_event().await?;
+    let (_, event) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
     let expected_id = format!("{}:clip.completed", uploaded.clip_id);
     assert_eq!(event.id, expected_id);
     // Any further event (there should be none) would carry the same id.
@@ -298,8 +300,8 @@ async fn a_notification_delivered_three_times_gives_one_row_and_one_event_id() -
 #[tokio::test]
 async fn full_verification_reads_the_object_and_catches_a_lying_digest() -> Result<()> {
     let stack = Stack::start().await?;
-    let mut core = CoreSystem::bind(&stack.rabbit).await?;
-    let ingest = Ingest::start(stack.config(&core.exchange, r#"verify = "full""#)?).await?;
+    let mut core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let ingest = Ingest::start(stack.config(&core.names.exchange, r#"verify = "full""#)?).await?;
     ingest.wait_ready().await?;
     let mut device = Device::connect(&stack.broker, "pi-07").await?;
 
@@ -322,9 +324,9 @@ async fn full_verification_reads_the_object_and_catches_a_lying_digest() -> Resu
         ),
         Verdict::Accepted => panic!("a lying digest was accepted"),
     }
-    let (key, _) = core.next_event().await?;
+    let (key, _) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
     assert_eq!(key, "clip.completed");
-    let (key, _) = core.next_event().await?;
+    let (key, _) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
     assert_eq!(key, "clip.rejected");
     ingest.stop().await?;
     Ok(())
@@ -339,8 +341,8 @@ async fn full_verification_reads_the_object_and_catches_a_lying_digest() -> Resu
 async fn an_object_replaced_with_the_same_size_and_sha256_metadata_is_rejected_by_its_etag()
 -> Result<()> {
     let stack = Stack::start().await?;
-    let mut core = CoreSystem::bind(&stack.rabbit).await?;
-    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    let mut core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let ingest = Ingest::start(stack.config(&core.names.exchange, "")?).await?;
     ingest.wait_ready().await?;
     let mut device = Device::connect(&stack.broker, "pi-07").await?;
 
@@ -377,7 +379,7 @@ async fn an_object_replaced_with_the_same_size_and_sha256_metadata_is_rejected_b
         }
         Verdict::Accepted => panic!("a replaced object was accepted"),
     }
-    let (routing_key, event) = core.next_event().await?;
+    let (routing_key, event) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
     assert_eq!(routing_key, "clip.rejected");
     assert_eq!(event.data.clip_id, replaced.clip_id);
 
@@ -390,7 +392,7 @@ async fn an_object_replaced_with_the_same_size_and_sha256_metadata_is_rejected_b
     let (_, confirm) = device.next_confirm().await?;
     assert_eq!(confirm.clip_id, old_agent.clip_id);
     assert_eq!(confirm.verdict, Verdict::Accepted);
-    let (routing_key, _) = core.next_event().await?;
+    let (routing_key, _) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
     assert_eq!(routing_key, "clip.completed");
     assert_eq!(
         ingest
@@ -405,8 +407,8 @@ async fn an_object_replaced_with_the_same_size_and_sha256_metadata_is_rejected_b
 #[tokio::test]
 async fn the_api_lists_an_orders_clips_with_presigned_urls_that_download() -> Result<()> {
     let stack = Stack::start().await?;
-    let mut core = CoreSystem::bind(&stack.rabbit).await?;
-    let config = stack.config(&core.exchange, "")?;
+    let mut core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let config = stack.config(&core.names.exchange, "")?;
     let mut ingest = Ingest::start(config.clone()).await?;
     ingest.wait_ready().await?;
     let (code, _) = ingest.get_json("/v1/orders/SO-API-1/clips").await?;
@@ -420,10 +422,8 @@ async fn the_api_lists_an_orders_clips_with_presigned_urls_that_download() -> Re
         "disk_free_bytes":12000000000u64,"clock_synced":true,"at":"2026-11-23T10:00:05Z"});
     device
         .client
-        .publish(
+        .publish_retained(
             "cap/test/station/pack-03/status",
-            rumqttc::QoS::AtLeastOnce,
-            true,
             serde_json::to_vec(&status)?,
         )
         .await?;
@@ -435,7 +435,7 @@ async fn the_api_lists_an_orders_clips_with_presigned_urls_that_download() -> Re
         device.notify(&uploaded).await?;
         let (_, confirm) = device.next_confirm().await?;
         assert_eq!(confirm.verdict, Verdict::Accepted);
-        core.next_event().await?;
+        core.next_event_as::<ClipEvent>(DEADLINE).await?;
         contents.push((uploaded, content));
     }
 
@@ -496,18 +496,18 @@ async fn the_api_lists_an_orders_clips_with_presigned_urls_that_download() -> Re
 #[tokio::test]
 async fn the_real_binary_serves_logs_json_and_drains_on_sigterm() -> Result<()> {
     let stack = Stack::start().await?;
-    let mut core = CoreSystem::bind(&stack.rabbit).await?;
-    let http_port = common::port()?;
+    let mut core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let http_port = free_port()?;
     let text = common::config_text(
         &Servers {
             broker: &stack.broker,
             garage: &stack.garage,
             pg_url: stack.db.url(),
             amqp_url: stack.rabbit.url(),
-            exchange: &core.exchange,
+            exchange: &core.names.exchange,
             secrets: &stack.secrets,
         },
-        &common::client_id("ingest-bin"),
+        &unique_name("ingest-bin"),
         http_port,
         "",
         "",
@@ -521,7 +521,14 @@ async fn the_real_binary_serves_logs_json_and_drains_on_sigterm() -> Result<()> 
     put(&stack.garage, &mut uploaded, content).await?;
     device.notify(&uploaded).await?;
     assert_eq!(device.next_confirm().await?.1.verdict, Verdict::Accepted);
-    assert_eq!(core.next_event().await?.1.data.clip_id, uploaded.clip_id);
+    assert_eq!(
+        core.next_event_as::<ClipEvent>(DEADLINE)
+            .await?
+            .1
+            .data
+            .clip_id,
+        uploaded.clip_id
+    );
 
     let status = binary.terminate().await?;
     assert!(status.success(), "{status}");
@@ -617,8 +624,8 @@ async fn an_event_published_before_the_core_systems_queue_is_bound_arrives_once_
     .await?;
 
     // The core system binds its queue: the next try delivers the event, with its stable id.
-    let mut core = CoreSystem::bind_names(&stack.rabbit, &names.exchange, &names.queue).await?;
-    let (routing_key, event) = core.next_event().await?;
+    let mut core = CoreSystem::bind(&stack.rabbit, names).await?;
+    let (routing_key, event) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
     assert_eq!(routing_key, "clip.completed");
     assert_eq!(event.id, event_id);
     wait_until("the outbox drained", DEADLINE, || async {
@@ -736,8 +743,8 @@ async fn sent_events_and_poison_rows_past_their_retention_are_pruned_and_unsent_
 #[tokio::test]
 async fn an_oversized_unreadable_payload_is_stored_cut_to_the_cap_with_its_size() -> Result<()> {
     let stack = Stack::start().await?;
-    let core = CoreSystem::bind(&stack.rabbit).await?;
-    let ingest = Ingest::start(stack.config(&core.exchange, "")?).await?;
+    let core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let ingest = Ingest::start(stack.config(&core.names.exchange, "")?).await?;
     ingest.wait_ready().await?;
     let device = Device::connect(&stack.broker, "pi-07").await?;
 

@@ -7,9 +7,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use capture_protocol::{Uploaded, Verdict};
-use capture_tests::fixtures::{Garage, Mosquitto, PgServer, RabbitMq, wait_until};
-use common::{CoreSystem, DEADLINE, Device, Ingest, Servers, clip, put};
+use capture_protocol::{ClipEvent, Uploaded, Verdict};
+use capture_tests::fixtures::{CoreSystem, Garage, Mosquitto, PgServer, RabbitMq, wait_until};
+use common::{DEADLINE, Device, Ingest, Servers, clip, put};
 use serde_json::json;
 
 async fn put_clips(garage: &Garage, order: &str, n: usize) -> Result<Vec<Uploaded>> {
@@ -28,14 +28,14 @@ async fn events_wait_out_a_rabbitmq_outage_and_are_all_delivered() -> Result<()>
         tokio::try_join!(Mosquitto::start(), Garage::start(), RabbitMq::start())?;
     let db = capture_tests::fixtures::PgDatabase::create().await?;
     let secrets = tempfile::tempdir()?;
-    let core = CoreSystem::bind(&rabbit).await?;
-    let (exchange, queue) = (core.exchange.clone(), core.queue.clone());
+    let core = CoreSystem::bind(&rabbit, rabbit.names()).await?;
+    let names = core.names.clone();
     let servers = Servers {
         broker: &broker,
         garage: &garage,
         pg_url: db.url(),
         amqp_url: rabbit.url(),
-        exchange: &exchange,
+        exchange: &names.exchange,
         secrets: &secrets,
     };
     let ingest = Ingest::start(servers.config("")?).await?;
@@ -80,7 +80,7 @@ async fn events_wait_out_a_rabbitmq_outage_and_are_all_delivered() -> Result<()>
 
     // Back: every event arrives (at least once; ids tell duplicates apart).
     rabbit.restart().await?;
-    let mut core = CoreSystem::bind_names(&rabbit, &exchange, &queue).await?;
+    let mut core = CoreSystem::bind(&rabbit, names).await?;
     let expected: HashSet<String> = before
         .iter()
         .chain(&during)
@@ -88,7 +88,7 @@ async fn events_wait_out_a_rabbitmq_outage_and_are_all_delivered() -> Result<()>
         .collect();
     let mut seen = HashSet::new();
     while seen.len() < expected.len() {
-        let (_, event) = core.next_event().await?;
+        let (_, event) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
         assert!(expected.contains(&event.id), "unexpected {}", event.id);
         seen.insert(event.id);
     }
@@ -111,14 +111,14 @@ async fn the_ingest_recovers_by_itself_after_postgres_restarts() -> Result<()> {
         tokio::try_join!(Mosquitto::start(), Garage::start(), PgServer::start())?;
     let rabbit = RabbitMq::shared();
     let secrets = tempfile::tempdir()?;
-    let mut core = CoreSystem::bind(&rabbit).await?;
+    let mut core = CoreSystem::bind(&rabbit, rabbit.names()).await?;
     let pg_url = pg.url();
     let servers = Servers {
         broker: &broker,
         garage: &garage,
         pg_url: &pg_url,
         amqp_url: rabbit.url(),
-        exchange: &core.exchange,
+        exchange: &core.names.exchange,
         secrets: &secrets,
     };
     let ingest = Ingest::start(servers.config("")?).await?;
@@ -128,7 +128,7 @@ async fn the_ingest_recovers_by_itself_after_postgres_restarts() -> Result<()> {
     let first = put_clips(&garage, "SO-PG", 1).await?;
     device.notify(&first[0]).await?;
     assert_eq!(device.next_confirm().await?.1.verdict, Verdict::Accepted);
-    core.next_event().await?;
+    core.next_event_as::<ClipEvent>(DEADLINE).await?;
 
     // PostgreSQL goes down (fast shutdown: every connection of the ingest is cut); a
     // notification arrives while it is down. (SIGKILL would do as well for the ingest, but the
@@ -149,7 +149,7 @@ async fn the_ingest_recovers_by_itself_after_postgres_restarts() -> Result<()> {
     // At least once: the first clip's event may come again, with its same id.
     let first_id = format!("{}:clip.completed", first[0].clip_id);
     loop {
-        let (_, event) = core.next_event().await?;
+        let (_, event) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
         if event.data.clip_id == second[0].clip_id {
             break;
         }
@@ -258,8 +258,8 @@ async fn verification_against_a_store_that_never_answers_fails_instead_of_hangin
 async fn a_consumer_stuck_on_a_store_that_never_answers_turns_readyz_red() -> Result<()> {
     let stack = Stack::start().await?;
     let (endpoint, _store) = hung_store().await?;
-    let core = CoreSystem::bind(&stack.rabbit).await?;
-    let mut config = against_store(stack.config(&core.exchange)?, &endpoint);
+    let core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let mut config = against_store(stack.config(&core.names.exchange)?, &endpoint);
     config.http.stalled_after = Duration::from_secs(3);
     let ingest = Ingest::start(config.clone()).await?;
     // Nothing in hand: ready, however long nothing happens.
@@ -298,8 +298,8 @@ async fn a_consumer_stuck_on_a_store_that_never_answers_turns_readyz_red() -> Re
 #[tokio::test]
 async fn a_catalog_lock_held_elsewhere_costs_retries_not_a_stuck_consumer() -> Result<()> {
     let stack = Stack::start().await?;
-    let mut core = CoreSystem::bind(&stack.rabbit).await?;
-    let mut config = stack.config(&core.exchange)?;
+    let mut core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let mut config = stack.config(&core.names.exchange)?;
     config.postgres.statement_timeout = Duration::from_secs(1);
     let ingest = Ingest::start(config).await?;
     ingest.wait_ready().await?;
@@ -330,7 +330,7 @@ async fn a_catalog_lock_held_elsewhere_costs_retries_not_a_stuck_consumer() -> R
         device.confirm_of(&clips[0].clip_id).await?.verdict,
         Verdict::Accepted
     );
-    let (_, event) = core.next_event().await?;
+    let (_, event) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
     assert_eq!(event.data.clip_id, clips[0].clip_id);
     ingest.stop().await?;
     Ok(())

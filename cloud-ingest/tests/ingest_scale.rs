@@ -5,9 +5,9 @@ mod common;
 use std::collections::HashSet;
 
 use anyhow::Result;
-use capture_protocol::{Uploaded, Verdict};
-use capture_tests::fixtures::{Garage, Mosquitto, PgDatabase, RabbitMq};
-use common::{CoreSystem, Device, Ingest, Servers, clip, put};
+use capture_protocol::{ClipEvent, Uploaded, Verdict};
+use capture_tests::fixtures::{CoreSystem, Garage, Mosquitto, PgDatabase, RabbitMq};
+use common::{DEADLINE, Device, Ingest, Servers, clip, put};
 use futures::{StreamExt, TryStreamExt};
 
 const NOTIFICATIONS: usize = 500;
@@ -18,13 +18,13 @@ async fn two_replicas_on_one_shared_subscription_process_500_notifications_once(
         tokio::try_join!(Mosquitto::start(), Garage::start(), PgDatabase::create())?;
     let rabbit = RabbitMq::shared();
     let secrets = tempfile::tempdir()?;
-    let mut core = CoreSystem::bind(&rabbit).await?;
+    let mut core = CoreSystem::bind(&rabbit, rabbit.names()).await?;
     let servers = Servers {
         broker: &broker,
         garage: &garage,
         pg_url: db.url(),
         amqp_url: rabbit.url(),
-        exchange: &core.exchange,
+        exchange: &core.names.exchange,
         secrets: &secrets,
     };
     let first = Ingest::start(servers.config("")?).await?;
@@ -64,7 +64,7 @@ async fn two_replicas_on_one_shared_subscription_process_500_notifications_once(
 
     let mut events = HashSet::new();
     for _ in 0..NOTIFICATIONS {
-        let (routing_key, event) = core.next_event().await?;
+        let (routing_key, event) = core.next_event_as::<ClipEvent>(DEADLINE).await?;
         assert_eq!(routing_key, "clip.completed");
         assert!(events.insert(event.id.clone()), "event twice: {}", event.id);
     }

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 
 use anyhow::{Context, Result};
-use capture_tests::fixtures::wait_until;
+use capture_tests::fixtures::{HttpReply, http_request, wait_until};
 use tokio::process::{Child, Command};
 
-use super::{DEADLINE, Reply, http_request};
+use super::DEADLINE;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cloud-ingest");
 
@@ -54,7 +54,7 @@ impl IngestBinary {
     }
 
     /// GET `path` on the API address, with `Authorization: Bearer <bearer>` when given.
-    pub async fn get(&self, path: &str, bearer: Option<&str>) -> Result<Reply> {
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> Result<HttpReply> {
         http_request(
             &format!("http://127.0.0.1:{}{path}", self.http_port),
             bearer,

@@ -1,6 +1,7 @@
-//! What the ingest's end-to-end tests share: a stack of real servers, the ingest run
-//! in-process, a device that publishes notifications and hears confirmations, a core-system
-//! stand-in that consumes the CloudEvents, and a minimal HTTP client.
+//! What the ingest's end-to-end tests share beyond the fixtures of `capture-tests`: the
+//! configuration of a replica against a stack of real servers, the ingest run in-process, a
+//! device that publishes notifications and hears confirmations, and clips as an agent
+//! uploads them.
 
 #![allow(dead_code)]
 
@@ -10,21 +11,15 @@ pub mod idp;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
-use capture_protocol::{
-    ClipEvent, ClipKind, Confirm, Env, ProtocolV1, Timestamp, Uploaded, object_key,
+use capture_protocol::{ClipKind, Confirm, Env, ProtocolV1, Timestamp, Uploaded, object_key};
+use capture_tests::fixtures::{
+    Garage, IngestOptions, Mosquitto, MqttClient, free_port, http_request, unique_name, wait_until,
 };
-use capture_tests::fixtures::{Garage, Mosquitto, RabbitMq, free_port, unique_name, wait_until};
 use cloud_ingest::config::Config;
-use futures::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -55,13 +50,14 @@ impl Servers<'_> {
     /// The configuration of one replica (own client id and HTTP port); `extra_store` is added
     /// to the `[store]` table.
     pub fn config(&self, extra_store: &str) -> Result<Config> {
-        let text = config_text(self, &client_id("ingest"), port()?, extra_store, "")?;
+        let text = config_text(self, &unique_name("ingest"), free_port()?, extra_store, "")?;
         Ok(Config::parse(&text, &[])?)
     }
 }
 
-/// The TOML configuration of one ingest replica against the given servers; `extra_store` is
-/// added to the `[store]` table, `extra_tables` (e.g. `[auth.oidc]`) at the end.
+/// The TOML configuration of one ingest replica against the given servers (the shared
+/// fixture's, with presigned URLs valid for 10 minutes); `extra_store` is added to the
+/// `[store]` table, `extra_tables` (e.g. `[auth.oidc]`) at the end.
 pub fn config_text(
     servers: &Servers<'_>,
     client_id: &str,
@@ -77,53 +73,24 @@ pub fn config_text(
         exchange,
         secrets,
     } = servers;
-    let settings = garage.settings();
-    let s3_secret = secret_file(secrets, "s3-secret", &settings.secret_access_key)?;
-    Ok(format!(
-        r#"
-env = "{ENV}"
-
-[mqtt]
-host = "{host}"
-port = {port}
-client_id = "{client_id}"
-keep_alive = "5s"
-
-[store]
-endpoint = "{endpoint}"
-region = "{region}"
-path_style = true
-bucket = "{bucket}"
-access_key_id = "{access_key}"
-secret_access_key_file = "{s3_secret}"
-presign_ttl = "10m"
-{extra_store}
-
-[postgres]
-url = "{pg_url}"
-pool_size = 8
-connect_timeout = "2s"
-
-[amqp]
-url = "{amqp_url}"
-exchange = "{exchange}"
-poll_interval = "200ms"
-
-[http]
-listen = "127.0.0.1:{http_port}"
-
-[shutdown]
-grace = "5s"
-
-{extra_tables}
-"#,
-        host = broker.host(),
-        port = broker.port(),
-        endpoint = settings.endpoint,
-        region = settings.region,
-        bucket = garage.bucket(),
-        access_key = settings.access_key_id,
-        s3_secret = s3_secret.display(),
+    let store = garage.settings();
+    let s3_secret = secret_file(secrets, "s3-secret", &store.secret_access_key)?;
+    let options = IngestOptions {
+        env: ENV.to_owned(),
+        client_id: client_id.to_owned(),
+        mqtt_host: broker.host().to_owned(),
+        mqtt_port: broker.port(),
+        store,
+        bucket: garage.bucket().to_owned(),
+        postgres_url: (*pg_url).to_owned(),
+        amqp_url: (*amqp_url).to_owned(),
+        exchange: (*exchange).to_owned(),
+    };
+    Ok(options.config_text(
+        http_port,
+        &s3_secret,
+        &format!("presign_ttl = \"10m\"\n{extra_store}"),
+        extra_tables,
     ))
 }
 
@@ -237,45 +204,14 @@ impl Drop for Ingest {
 
 /// An agent stand-in: publishes notifications, hears confirmations.
 pub struct Device {
-    pub client: AsyncClient,
-    confirms: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    pub client: MqttClient,
 }
 
 impl Device {
     pub async fn connect(broker: &Mosquitto, id: &str) -> Result<Device> {
-        let mut options = MqttOptions::new(id, broker.host(), broker.port());
-        options.set_keep_alive(Duration::from_secs(5));
-        options.set_inflight(1000);
-        options.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-        let (tx, confirms) = mpsc::unbounded_channel();
-        let (subscribed_tx, subscribed) = oneshot::channel();
-        let mut subscribed_tx = Some(subscribed_tx);
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(tx) = subscribed_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        client
-            .subscribe(format!("cap/{ENV}/device/+/confirm"), QoS::AtLeastOnce)
-            .await?;
-        tokio::time::timeout(DEADLINE, subscribed)
-            .await
-            .context("no SubAck")??;
-        Ok(Device { client, confirms })
+        let confirms = format!("cap/{ENV}/device/+/confirm");
+        let client = MqttClient::connect(broker.host(), broker.port(), id, &[&confirms]).await?;
+        Ok(Device { client })
     }
 
     pub async fn notify(&self, uploaded: &Uploaded) -> Result<()> {
@@ -284,27 +220,22 @@ impl Device {
 
     pub async fn publish_raw(&self, payload: Vec<u8>) -> Result<()> {
         self.client
-            .publish(
-                format!("cap/{ENV}/ingest/uploaded"),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
-            .await?;
-        Ok(())
+            .publish(&format!("cap/{ENV}/ingest/uploaded"), payload)
+            .await
     }
 
     /// The next confirmation: its topic and content.
     pub async fn next_confirm(&mut self) -> Result<(String, Confirm)> {
-        let (topic, payload) = tokio::time::timeout(DEADLINE, self.confirms.recv())
-            .await
-            .context("no confirmation within the deadline")?
-            .context("device link ended")?;
-        Ok((topic, capture_protocol::parse_confirm(&payload)?))
+        let publish = self
+            .client
+            .next_matching("a confirmation", DEADLINE, |_| true)
+            .await?;
+        Ok((
+            publish.topic,
+            capture_protocol::parse_confirm(&publish.payload)?,
+        ))
     }
-}
 
-impl Device {
     /// The next confirmation for `clip_id`, skipping repeated confirmations of other clips
     /// (QoS 1 and redelivery allow them; a real agent ignores them the same way).
     pub async fn confirm_of(&mut self, clip_id: &capture_protocol::ClipId) -> Result<Confirm> {
@@ -314,76 +245,6 @@ impl Device {
                 return Ok(confirm);
             }
         }
-    }
-}
-
-/// The core system's side: a queue bound to the ingest's exchange.
-pub struct CoreSystem {
-    _connection: lapin::Connection,
-    consumer: lapin::Consumer,
-    pub exchange: String,
-    pub queue: String,
-}
-
-impl CoreSystem {
-    /// Declares the exchange (as the ingest does) and a durable queue bound to `clip.*`.
-    pub async fn bind(rabbit: &RabbitMq) -> Result<CoreSystem> {
-        let names = rabbit.names();
-        CoreSystem::bind_names(rabbit, &names.exchange, &names.queue).await
-    }
-
-    /// Binds (again) to the given exchange and queue, e.g. after a broker restart.
-    pub async fn bind_names(rabbit: &RabbitMq, exchange: &str, queue: &str) -> Result<CoreSystem> {
-        let names = capture_tests::fixtures::AmqpNames {
-            exchange: exchange.to_owned(),
-            queue: queue.to_owned(),
-        };
-        let connection = rabbit.connect().await?;
-        let channel = connection.create_channel().await?;
-        names.declare(&channel, "clip.*").await?;
-        let consumer = channel
-            .basic_consume(
-                names.queue.as_str().into(),
-                unique_name("core").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(CoreSystem {
-            _connection: connection,
-            consumer,
-            exchange: names.exchange,
-            queue: names.queue,
-        })
-    }
-
-    /// The next delivery, acknowledged.
-    pub async fn next_delivery(&mut self) -> Result<Delivery> {
-        let delivery = tokio::time::timeout(DEADLINE, self.consumer.next())
-            .await
-            .context("no event within the deadline")?
-            .context("consumer ended")??;
-        delivery.ack(BasicAckOptions::default()).await?;
-        Ok(delivery)
-    }
-
-    /// The next event and its routing key.
-    pub async fn next_event(&mut self) -> Result<(String, ClipEvent)> {
-        let delivery = self.next_delivery().await?;
-        let event: ClipEvent = serde_json::from_slice(&delivery.data)?;
-        Ok((delivery.routing_key.to_string(), event))
-    }
-
-    /// Whether another delivery arrives within `wait` (used after everything expected came).
-    pub async fn nothing_more_within(&mut self, wait: Duration) -> Result<()> {
-        if let Ok(Some(delivery)) = tokio::time::timeout(wait, self.consumer.next()).await {
-            let delivery = delivery?;
-            bail!(
-                "unexpected event: {}",
-                String::from_utf8_lossy(&delivery.data)
-            );
-        }
-        Ok(())
     }
 }
 
@@ -445,104 +306,4 @@ pub async fn put(garage: &Garage, uploaded: &mut Uploaded, content: Vec<u8>) -> 
 pub async fn http_get(url: &str) -> Result<(u16, Vec<u8>)> {
     let reply = http_request(url, None).await?;
     Ok((reply.status, reply.body))
-}
-
-/// An answer of [`http_request`].
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    /// Header lines as received.
-    pub head: String,
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    /// The value of a header (name case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim())
-        })
-    }
-
-    pub fn json(&self) -> Result<serde_json::Value> {
-        serde_json::from_slice(&self.body).with_context(|| {
-            format!(
-                "JSON body (status {}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-}
-
-/// A plain HTTP/1.1 GET (no TLS), with `Authorization: Bearer <bearer>` when given.
-pub async fn http_request(url: &str, bearer: Option<&str>) -> Result<Reply> {
-    let rest = url.strip_prefix("http://").context("http URL")?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let authorization = bearer
-        .map(|token| format!("Authorization: Bearer {token}\r\n"))
-        .unwrap_or_default();
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    stream
-        .write_all(
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Connection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers")?;
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .context("status line")?
-        .parse()?;
-    let mut reply = Reply {
-        status,
-        head,
-        body: response[split + 4..].to_vec(),
-    };
-    if reply
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        reply.body = dechunk(&reply.body)?;
-    }
-    Ok(reply)
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("chunk size line")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end])?.trim(), 16)?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
-/// A unique client id.
-pub fn client_id(prefix: &str) -> String {
-    unique_name(prefix)
-}
-
-pub fn port() -> Result<u16> {
-    free_port()
 }
