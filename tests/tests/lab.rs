@@ -89,6 +89,34 @@ fn write_secret(path: &Path, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// `garage -c CONFIG ARGS...`, as the page runs it.
+async fn garage_cli(garage: &Path, config: &str, args: &[&str]) -> Result<String> {
+    let mut all = vec!["-c", config];
+    all.extend_from_slice(args);
+    run(garage, &all).await
+}
+
+/// The line's command `op` for the lab's order, as the page's `mosquitto_pub` sends it; its
+/// reply, which must be ok.
+async fn command(station: &mut MqttClient, id: &str, op: &str) -> Result<Value> {
+    station
+        .publish(
+            &format!("cap/dev/station/{STATION}/cmd"),
+            format!(r#"{{"v":1,"id":"{id}","op":"{op}","order":"{ORDER}"}}"#),
+        )
+        .await?;
+    let reply = station
+        .next_json(
+            &format!("the reply to {id}"),
+            &format!("cap/dev/station/{STATION}/reply"),
+            Duration::from_secs(30),
+            |r| r["id"] == id,
+        )
+        .await?;
+    ensure!(reply["ok"] == true, "{op} answered {reply}");
+    Ok(reply)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lab_page_records_an_order_with_its_own_files() -> Result<()> {
     let docs = repo_root().join("docs");
@@ -186,34 +214,35 @@ async fn the_lab_page_records_an_order_with_its_own_files() -> Result<()> {
         .args_from(["-c", &garage_config, "server"])
         .env("RUST_LOG", "garage=warn");
     garage_server.start()?;
-    let cli = |args: &[&str]| {
-        let mut all = vec!["-c", garage_config.as_str()];
-        all.extend_from_slice(args);
-        let garage = garage.clone();
-        let all: Vec<String> = all.iter().map(|s| (*s).to_owned()).collect();
-        async move {
-            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-            run(&garage, &refs).await
-        }
-    };
-    wait_until("garage answering `status`", Duration::from_secs(30), || {
-        let status = cli(&["status"]);
-        async move { Ok(status.await.ok().map(|_| ())) }
-    })
+    let cli = |args: &'static [&'static str]| garage_cli(&garage, &garage_config, args);
+    wait_until(
+        "garage answering `status`",
+        Duration::from_secs(30),
+        || async { Ok(cli(&["status"]).await.ok().map(drop)) },
+    )
     .await?;
     let node = cli(&["node", "id", "-q"]).await?;
-    let node = node.trim().split('@').next().unwrap_or_default().to_owned();
-    cli(&["layout", "assign", "-z", "lab", "-c", "1G", &node]).await?;
+    let node = node.trim().split('@').next().unwrap_or_default();
+    garage_cli(
+        &garage,
+        &garage_config,
+        &["layout", "assign", "-z", "lab", "-c", "1G", node],
+    )
+    .await?;
     cli(&["layout", "apply", "--version", "1"]).await?;
-    cli(&[
-        "key",
-        "import",
-        "--yes",
-        "-n",
-        "capture-lab",
-        &key_id,
-        &key_secret,
-    ])
+    garage_cli(
+        &garage,
+        &garage_config,
+        &[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "capture-lab",
+            &key_id,
+            &key_secret,
+        ],
+    )
     .await?;
     cli(&["bucket", "create", "capture-lab"]).await?;
     cli(&[
@@ -284,22 +313,9 @@ async fn the_lab_page_records_an_order_with_its_own_files() -> Result<()> {
         .await
         .with_context(|| agent_process.log_tail(20))?;
 
-    // 5. One order, as the page plays the line.
-    let cmd = format!("cap/dev/station/{STATION}/cmd");
-    let reply = format!("cap/dev/station/{STATION}/reply");
+    // 5. One order, as the page plays the line: stopped once both cameras record it.
     let event = format!("cap/dev/station/{STATION}/event");
-    station
-        .publish(
-            &cmd,
-            format!(r#"{{"v":1,"id":"lab-0001","op":"start","order":"{ORDER}"}}"#),
-        )
-        .await?;
-    let started = station
-        .next_json("the start's reply", &reply, Duration::from_secs(30), |r| {
-            r["id"] == "lab-0001"
-        })
-        .await?;
-    ensure!(started["ok"] == true, "start answered {started}");
+    let started = command(&mut station, "lab-0001", "start").await?;
     let clips: Vec<String> = started["clips"]
         .as_array()
         .context("a start reply without clips")?
@@ -307,19 +323,17 @@ async fn the_lab_page_records_an_order_with_its_own_files() -> Result<()> {
         .filter_map(|c| c.as_str().map(str::to_owned))
         .collect();
     ensure!(clips.len() == 2, "two cameras, two clips: {started}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    station
-        .publish(
-            &cmd,
-            format!(r#"{{"v":1,"id":"lab-0002","op":"stop","order":"{ORDER}"}}"#),
-        )
-        .await?;
-    let stopped = station
-        .next_json("the stop's reply", &reply, Duration::from_secs(30), |r| {
-            r["id"] == "lab-0002"
-        })
-        .await?;
-    ensure!(stopped["ok"] == true, "stop answered {stopped}");
+    for clip in &clips {
+        station
+            .next_json(
+                &format!("recording_started for {clip}"),
+                &event,
+                Duration::from_secs(30),
+                |e| e["event"] == "recording_started" && e["clip_id"] == clip.as_str(),
+            )
+            .await?;
+    }
+    command(&mut station, "lab-0002", "stop").await?;
     for clip in &clips {
         station
             .next_json(
