@@ -18,6 +18,7 @@
 //! 6. Leaves: [`digest`] (the seal's hashes and the upload's part plan), [`station`] (the state
 //!    machine, no I/O), [`disk`] (quota and eviction).
 
+pub mod backoff;
 pub mod capture;
 pub mod cli;
 pub mod config;

@@ -39,6 +39,7 @@ use rumqttc::{
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::backoff::Backoff;
 use crate::spool::{Spool, outbox};
 
 mod relay;
@@ -50,6 +51,11 @@ mod relay;
 pub const MAX_INCOMING_PACKET_BYTES: usize = 128 << 10;
 /// The largest packet the agent sends.
 const MAX_OUTGOING_PACKET_BYTES: usize = 128 << 10;
+
+/// The first wait before reconnecting to the broker; doubled per failed attempt, at most
+/// [`RECONNECT_MAX`], back to the first on every ConnAck.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
 
 /// How to reach the broker and what to say on connect.
 #[derive(Debug, Clone)]
@@ -350,14 +356,14 @@ async fn poll(
     acked: mpsc::UnboundedSender<i64>,
     in_flight: Arc<Mutex<InFlight>>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::exact(RECONNECT_FIRST, RECONNECT_MAX).retries();
     // SUBACKs still expected since the last ConnAck: the link counts as connected (ready for
     // commands) only once its subscriptions are in place.
     let mut subacks_due = 0;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 tracing::info!(session_present = connack.session_present, "mqtt connected");
                 // Without a session rumqttc dropped what it still held: the outbox sends it
                 // again.
@@ -399,8 +405,7 @@ async fn poll(
                 } else if !matches!(error, ConnectionError::Io(_)) {
                     tracing::debug!(error = %error, "mqtt reconnect failed");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -48,7 +48,6 @@
 //! - One camera failing never affects another: separate threads, pipelines and inboxes.
 
 mod actor;
-mod backoff;
 pub mod camera;
 pub mod discovery;
 pub mod encoder;

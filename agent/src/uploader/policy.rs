@@ -1,52 +1,8 @@
-//! Decisions of the uploader that need no I/O: how long to wait before a retry, and how
-//! long to hold bytes back under a bandwidth cap. Time and randomness come in as arguments,
-//! so that every rule is tested with plain numbers.
+//! How long the uploader holds bytes back under a bandwidth cap, decided without I/O: time
+//! comes in as an argument, so that every rule is tested with plain numbers. (How long it
+//! waits before a retry is [`crate::backoff::Backoff`], shared with the rest of the agent.)
 
 use std::time::{Duration, Instant};
-
-/// Exponential backoff with jitter, bounded by `first` and `max`.
-///
-/// After the `n`-th consecutive failure the nominal delay is `first * 2^(n-1)`, capped at
-/// `max`; the delay taken is the nominal one shortened by a random share of up to `jitter`
-/// (so that agents that failed together do not retry together), and never below `first`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    pub first: Duration,
-    pub max: Duration,
-    /// Share of the nominal delay that is randomized, within 0..=1.
-    pub jitter: f64,
-}
-
-impl Default for Backoff {
-    /// 1 s, doubling up to 5 min, half of it randomized.
-    fn default() -> Self {
-        Backoff {
-            first: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-            jitter: 0.5,
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay after `failures` consecutive failures (at least 1), with `unit` a random
-    /// number in `0.0..1.0`.
-    pub fn delay(&self, failures: u32, unit: f64) -> Duration {
-        let doublings = failures.saturating_sub(1).min(31);
-        let nominal = self
-            .first
-            .saturating_mul(1u32 << doublings)
-            .min(self.max)
-            .max(self.first);
-        let shortened = nominal.mul_f64(1.0 - self.jitter.clamp(0.0, 1.0) * unit.clamp(0.0, 1.0));
-        shortened.max(self.first).min(nominal)
-    }
-
-    /// [`Backoff::delay`] with a fresh random number.
-    pub fn random_delay(&self, failures: u32) -> Duration {
-        self.delay(failures, rand::random::<f64>())
-    }
-}
 
 /// A token bucket shared by every request body the uploader sends: bytes may leave at
 /// `rate` bytes per second on average, with bursts of at most `burst` bytes.
@@ -108,51 +64,6 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_from_first_to_max_without_jitter() {
-        let backoff = Backoff {
-            jitter: 0.0,
-            ..Backoff::default()
-        };
-        let secs: Vec<u64> = (1..=12).map(|n| backoff.delay(n, 0.7).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
-        assert_eq!(backoff.delay(u32::MAX, 0.0), Duration::from_secs(300));
-        assert_eq!(backoff.delay(0, 0.0), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn jitter_shortens_by_at_most_its_share_and_stays_within_bounds() {
-        let backoff = Backoff::default();
-        for failures in 1..40 {
-            let nominal = backoff.delay(failures, 0.0);
-            for step in 0..=100 {
-                let unit = f64::from(step) / 100.0;
-                let delay = backoff.delay(failures, unit);
-                assert!(
-                    delay <= nominal,
-                    "{failures}/{unit}: {delay:?} > {nominal:?}"
-                );
-                assert!(
-                    delay >= nominal.mul_f64(0.5).max(backoff.first),
-                    "{failures}/{unit}: {delay:?}"
-                );
-                assert!((backoff.first..=backoff.max).contains(&delay));
-            }
-        }
-        // Half of 4 s randomized: 2 s .. 4 s.
-        assert_eq!(backoff.delay(3, 1.0), Duration::from_secs(2));
-        assert_eq!(backoff.delay(3, 0.5), Duration::from_secs(3));
-        // Random delays spread over the range instead of all landing on one value.
-        let delays: std::collections::HashSet<Duration> =
-            (0..50).map(|_| backoff.random_delay(5)).collect();
-        assert!(delays.len() > 10, "{delays:?}");
-        assert!(
-            delays
-                .iter()
-                .all(|d| (Duration::from_secs(8)..=Duration::from_secs(16)).contains(d))
-        );
-    }
 
     #[test]
     fn no_cap_means_no_pacer() {

@@ -29,7 +29,7 @@ use rusqlite::{Connection, params};
 
 use super::UploaderSettings;
 use super::object::{self, ClipObject, Origin};
-use super::policy::Backoff;
+use crate::backoff::Backoff;
 use crate::spool::{ClipState, SpoolError, clips, outbox};
 
 /// One clip waiting for its confirm.

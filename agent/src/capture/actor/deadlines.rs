@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::capture::backoff::{Backoff, HEALTHY_AFTER};
+use crate::backoff::{Backoff, Retries};
 
 /// A starting pipeline must deliver its first frame within this (RTSP connects, USB enumerates).
 pub(super) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(15);
@@ -30,6 +30,8 @@ pub(super) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(15);
 pub(super) const REANCHOR_EVERY: Duration = Duration::from_secs(10);
 /// Grace after `stop + postroll` for the last frames to come out of the encoder.
 pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
+/// A pipeline that ran at least this long before failing starts its restart backoff over.
+pub(crate) const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// The first restart's delay; each further failure doubles it.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// The longest delay between restarts.
@@ -89,7 +91,7 @@ pub(super) struct Deadlines {
     stall: Duration,
     eos_timeout: Duration,
     /// Restart delays; reset once a pipeline ran for [`HEALTHY_AFTER`].
-    backoff: Backoff,
+    backoff: Retries,
     /// Set while the recording is stopping.
     stop: Option<Stop>,
 }
@@ -103,7 +105,7 @@ impl Deadlines {
             last_anchor: now,
             stall: stall_timeout(keyframe_interval),
             eos_timeout,
-            backoff: Backoff::new(FIRST_RETRY, MAX_RETRY),
+            backoff: Backoff::exact(FIRST_RETRY, MAX_RETRY).retries(),
             stop: None,
         }
     }
