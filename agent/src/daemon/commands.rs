@@ -11,7 +11,7 @@ use rumqttc::Publish;
 use super::{Daemon, clip_path};
 use crate::capture::{CaptureError, RecordingRequest, SealedClip, seal};
 use crate::spool::{
-    self, ClipState, Decided, NewClip, OutboxMessage, Received, Sealed, clips, inbox, outbox,
+    self, ClipState, Decided, NewClip, OutboxMessage, Received, Sealed, clips, inbox,
 };
 use crate::station::{Action, Conditions, Recording, Take};
 use crate::telemetry::{CommandOutcome, Metrics};
@@ -447,13 +447,7 @@ impl Daemon {
         let clip_id = take.clip_id.as_str().to_owned();
         let result = self
             .spool
-            .call(move |c| {
-                let tx = c.transaction()?;
-                clips::seal(&tx, &clip_id, &row)?;
-                outbox::push(&tx, &event)?;
-                tx.commit()?;
-                Ok(())
-            })
+            .call(move |c| spool::announce(c, [&event], |tx| clips::seal(tx, &clip_id, &row)))
             .await;
         match result {
             Ok(()) => tracing::info!(
@@ -606,13 +600,7 @@ impl Daemon {
         let clip_id = take.clip_id.as_str().to_owned();
         let result = self
             .spool
-            .call(move |c| {
-                let tx = c.transaction()?;
-                clips::fail(&tx, &clip_id, &reason)?;
-                outbox::push(&tx, &event)?;
-                tx.commit()?;
-                Ok(())
-            })
+            .call(move |c| spool::announce(c, [&event], |tx| clips::fail(tx, &clip_id, &reason)))
             .await;
         if let Err(e) = result {
             tracing::error!(clip_id = %take.clip_id, error = %e, "cannot record a failed clip");
@@ -624,14 +612,7 @@ impl Daemon {
     async fn queue_and_ack(&self, messages: Vec<OutboxMessage>, publish: &Publish) {
         let result = self
             .spool
-            .call(move |c| {
-                let tx = c.transaction()?;
-                for message in &messages {
-                    outbox::push(&tx, message)?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
+            .call(move |c| spool::announce(c, &messages, |_| Ok(())))
             .await;
         match result {
             Ok(()) => {

@@ -21,7 +21,7 @@ use capture_protocol::{CameraName, ClipId, Event, EventKind, OrderId, Timestamp,
 
 use super::Identity;
 use crate::capture::{CaptureError, inspect, seal};
-use crate::spool::{ClipRow, ClipState, OutboxMessage, Sealed, Spool, SpoolError, clips, outbox};
+use crate::spool::{self, ClipRow, ClipState, OutboxMessage, Sealed, Spool, SpoolError, clips};
 
 /// What reconciliation did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,15 +71,7 @@ pub async fn reconcile(
                     }
                 }
                 spool
-                    .call(move |c| {
-                        let tx = c.transaction()?;
-                        clips::seal(&tx, &clip_id, &row)?;
-                        if let Some(event) = &event {
-                            outbox::push(&tx, event)?;
-                        }
-                        tx.commit()?;
-                        Ok(())
-                    })
+                    .call(move |c| spool::announce(c, &event, |tx| clips::seal(tx, &clip_id, &row)))
                     .await?;
                 tracing::warn!(clip_id = %clip.clip_id, order = %clip.order, "a clip cut by a restart was sealed and queued");
                 report.sealed += 1;
@@ -97,13 +89,7 @@ pub async fn reconcile(
                 );
                 spool
                     .call(move |c| {
-                        let tx = c.transaction()?;
-                        clips::fail(&tx, &clip_id, &reason)?;
-                        if let Some(event) = &event {
-                            outbox::push(&tx, event)?;
-                        }
-                        tx.commit()?;
-                        Ok(())
+                        spool::announce(c, &event, |tx| clips::fail(tx, &clip_id, &reason))
                     })
                     .await?;
                 tracing::error!(clip_id = %clip.clip_id, order = %clip.order, error = %e, "a clip cut by a restart could not be recovered");

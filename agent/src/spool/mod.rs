@@ -37,7 +37,7 @@ mod schema;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 pub use clips::{ClipRow, ClipState, NewClip, Sealed};
@@ -186,19 +186,33 @@ pub struct Decided {
 
 /// Commits a decision atomically; see [`Decided`].
 pub fn commit_decision(connection: &mut Connection, decided: &Decided) -> Result<(), SpoolError> {
+    announce(connection, &decided.messages, |tx| {
+        inbox::store_reply(tx, &decided.command_id, &decided.reply)?;
+        for clip in &decided.new_clips {
+            clips::insert(tx, clip)?;
+        }
+        for (clip_id, state) in &decided.clip_states {
+            clips::set_state(tx, clip_id, *state)?;
+        }
+        Ok(())
+    })
+}
+
+/// Makes `change` and queues the `messages` that announce it, in one transaction: after a
+/// crash both are on disk or neither is, so no state change goes unannounced and no message
+/// announces a change that did not happen. An error from `change` rolls everything back.
+pub fn announce<'m, T>(
+    connection: &mut Connection,
+    messages: impl IntoIterator<Item = &'m OutboxMessage>,
+    change: impl FnOnce(&Transaction<'_>) -> Result<T, SpoolError>,
+) -> Result<T, SpoolError> {
     let tx = connection.transaction()?;
-    inbox::store_reply(&tx, &decided.command_id, &decided.reply)?;
-    for clip in &decided.new_clips {
-        clips::insert(&tx, clip)?;
-    }
-    for (clip_id, state) in &decided.clip_states {
-        clips::set_state(&tx, clip_id, *state)?;
-    }
-    for message in &decided.messages {
+    let value = change(&tx)?;
+    for message in messages {
         outbox::push(&tx, message)?;
     }
     tx.commit()?;
-    Ok(())
+    Ok(value)
 }
 
 /// The current time as stored in the spool (RFC 3339, UTC, milliseconds).
