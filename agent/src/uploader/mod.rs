@@ -32,7 +32,7 @@
 //! Every failed attempt is counted in the clip's row (`attempts`, `last_error`, shown by
 //! `capture-agent spool`), in `capture_upload_failures_total` and in one log line with the
 //! store's error code; nothing is deleted and the clip keeps its state. The attempt is
-//! retried after a backoff ([`policy::Backoff`]: exponential, jittered, 1 s .. 5 min by
+//! retried after a backoff ([`crate::backoff::Backoff`]: exponential, jittered, 1 s .. 5 min by
 //! default). A failure of the store as a whole (refused credentials, missing bucket,
 //! unreachable, stalled, 5xx) pauses every upload for the backoff, so that a wrong key
 //! gives one error per backoff period instead of one per clip; a failure of one object
@@ -50,138 +50,34 @@ pub mod multipart;
 mod object;
 pub mod policy;
 pub mod resend;
+mod settings;
+mod upload;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use capture_protocol::{DeviceId, Env, EventKind, StationId};
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+pub use crate::backoff::Backoff;
 pub use client::{
     Body, Head, ListedPart, ListedUpload, ObjectSpec, Store, StoreError, StoreErrorKind,
     md5_of_file, md5_of_region,
 };
 pub use confirm::{ConfirmEffect, apply_confirm, is_integrity_reason};
 pub use object::{ClipObject, InvalidRow};
-pub use policy::{Backoff, Pacer};
+pub use policy::Pacer;
 pub use resend::ConfirmWatch;
+pub use settings::{UploaderSettings, store_settings};
+pub use upload::CORRUPT_ON_DISK;
+pub(crate) use upload::refused_body;
+use upload::{fail_clip, upload_clip};
 
-use crate::config::{Config, Problem, Secrets};
-use crate::digest::{PartDigests, digest_file};
-use crate::spool::{
-    ClipRow, ClipState, Spool, SpoolError, clips, multipart as spool_multipart, outbox,
-};
+use crate::spool::{Spool, SpoolError, clips};
 use crate::telemetry::Metrics;
-
-/// How the uploader behaves.
-#[derive(Debug, Clone)]
-pub struct UploaderSettings {
-    pub env: Env,
-    pub device: DeviceId,
-    pub station: StationId,
-    pub bucket: String,
-    /// Files larger than this go multipart, in parts of this size (raised for files that
-    /// would need more than 10,000 parts).
-    pub part_size: u64,
-    /// Clips uploaded at the same time.
-    pub concurrency: usize,
-    /// Parts of one clip in flight at the same time.
-    pub parts_in_flight: usize,
-    /// Upload bandwidth cap for all requests together, kbit/s; 0 is unlimited.
-    pub bandwidth_kbps: u64,
-    pub backoff: Backoff,
-    /// A request whose body has not moved (or that got no answer) for this long is
-    /// abandoned and retried.
-    pub stall_timeout: Duration,
-    /// How often the janitor sweeps orphaned multipart uploads (it also sweeps at start).
-    pub janitor_interval: Duration,
-    /// Multipart uploads older than this are aborted by the janitor whoever started them,
-    /// when the clock is synchronised; `None` leaves other agents' uploads alone whatever
-    /// their age.
-    pub stale_upload_age: Option<Duration>,
-    /// How often the spool is looked at without a wake-up (a safety net).
-    pub rescan_interval: Duration,
-    /// How long an uploaded clip waits for its confirm before the notification is sent
-    /// again (`first`), and how that wait grows (`resend.rs`).
-    pub confirm_backoff: Backoff,
-}
-
-impl UploaderSettings {
-    /// Settings with the defaults: 8 MiB parts, 2 clips and 4 parts at once, no cap, 1 s ..
-    /// 5 min backoff, 30 s stall timeout, janitor hourly, uploads older than 7 days stale.
-    pub fn new(env: Env, device: DeviceId, station: StationId, bucket: impl Into<String>) -> Self {
-        UploaderSettings {
-            env,
-            device,
-            station,
-            bucket: bucket.into(),
-            part_size: 8 << 20,
-            concurrency: 2,
-            parts_in_flight: 4,
-            bandwidth_kbps: 0,
-            backoff: Backoff::default(),
-            stall_timeout: Duration::from_secs(30),
-            janitor_interval: Duration::from_secs(3600),
-            stale_upload_age: Some(Duration::from_secs(7 * 24 * 3600)),
-            rescan_interval: Duration::from_secs(30),
-            confirm_backoff: Backoff {
-                first: Duration::from_secs(120),
-                max: Duration::from_secs(1800),
-                jitter: 0.5,
-            },
-        }
-    }
-
-    /// The uploader's settings from the agent's configuration (`[agent]` and `[store]`).
-    pub fn from_config(config: &Config) -> Result<UploaderSettings, Problem> {
-        fn parse<T: FromStr>(key: &str, text: &str) -> Result<T, Problem>
-        where
-            T::Err: std::fmt::Display,
-        {
-            text.parse().map_err(|e: T::Err| Problem {
-                key: key.to_owned(),
-                message: e.to_string(),
-            })
-        }
-        let store = &config.store;
-        let mut settings = UploaderSettings::new(
-            parse("agent.env", &config.agent.env)?,
-            parse("agent.device", &config.agent.device)?,
-            parse("agent.station", &config.agent.station)?,
-            store.bucket.clone(),
-        );
-        settings.part_size = store.part_size.0;
-        settings.concurrency = usize::try_from(store.concurrency).unwrap_or(1).max(1);
-        settings.bandwidth_kbps = store.bandwidth_kbps;
-        settings.backoff.max = store.retry_max;
-        settings.confirm_backoff.first = store.confirm_timeout;
-        settings.confirm_backoff.max = store.confirm_timeout_max;
-        Ok(settings)
-    }
-}
-
-/// The store settings of the uploader: the configured endpoint and credentials, without
-/// the SDK's own retries (the uploader retries with its backoff).
-pub fn store_settings(config: &Config, secrets: &Secrets) -> capture_objstore::StoreSettings {
-    let mut settings = capture_objstore::StoreSettings::new(
-        &config.store.endpoint,
-        &config.store.region,
-        &secrets.access_key_id,
-        &secrets.secret_access_key,
-    )
-    .with_path_style(config.store.path_style)
-    // A per-attempt bound would have to exceed the slowest legitimate part (8 MiB at
-    // 256 kbit/s: 262 s); the uploader's stall timeout catches a hung store instead.
-    .without_request_timeouts();
-    settings.max_attempts = 1;
-    settings
-}
 
 /// Why an upload attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -597,304 +493,5 @@ async fn run_janitor(context: Arc<Context>) {
             Err(e) => tracing::warn!(error = %e, "janitor could not sweep multipart uploads"),
         }
         tokio::time::sleep(settings.janitor_interval).await;
-    }
-}
-
-/// One attempt at one clip: upload the object, then commit `uploaded` with its
-/// notification and event, and call `outbox_ready`.
-#[tracing::instrument(level = "debug", skip_all, fields(clip_id = %clip.clip_id))]
-async fn upload_clip(
-    context: &Context,
-    clip: ClipRow,
-    outbox_ready: &(dyn Fn() + Send + Sync),
-) -> Result<(), UploadError> {
-    let settings = &context.settings;
-    let unusable = |problem: String| UploadError::Unusable {
-        clip_id: clip.clip_id.clone(),
-        problem,
-    };
-    let object = ClipObject::of(&clip, &settings.env).map_err(|e| unusable(e.to_string()))?;
-    let origin = object::Origin {
-        env: &settings.env,
-        device: &settings.device,
-        station: &settings.station,
-        bucket: &settings.bucket,
-    };
-    let path = Path::new(&clip.path);
-    match tokio::fs::metadata(path).await {
-        Ok(file) if file.len() == object.size => {}
-        Ok(file) => {
-            return Err(unusable(format!(
-                "{} has {} bytes, {} when it was sealed",
-                path.display(),
-                file.len(),
-                object.size
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(unusable(format!("{} does not exist", path.display())));
-        }
-        Err(source) => {
-            return Err(UploadError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    }
-    let spec = object.spec(&settings.station);
-    let id = clip.clip_id.clone();
-    let existing = context
-        .spool
-        .call(move |c| spool_multipart::get(c, &id))
-        .await?;
-    let parts = match &clip.parts {
-        Some(parts) => parts.clone(),
-        None => digests_of_an_old_clip(context, &clip, &object, existing.as_ref()).await?,
-    };
-    let notification =
-        object::uploaded(&clip, &object, &origin, &parts).map_err(|e| unusable(e.to_string()))?;
-    if !parts.is_single() {
-        multipart::upload(context, &clip.clip_id, path, object.size, &spec, &parts).await?;
-    } else {
-        if existing.is_some() {
-            // The plan is one PutObject: an upload in parts is none of its (the janitor
-            // aborts it in the store).
-            let id = clip.clip_id.clone();
-            context
-                .spool
-                .call(move |c| spool_multipart::forget(c, &id))
-                .await?;
-        }
-        let body = Body {
-            path: path.to_owned(),
-            offset: 0,
-            length: object.size,
-            md5: parts.md5(1).unwrap_or_default(),
-        };
-        let put = context.store.put_object(&spec, &body).await;
-        if let Err(source) = put {
-            return Err(
-                refused_body(&clip.clip_id, &body, 1, source, "PutObject", &spec.key).await,
-            );
-        }
-        Metrics::add(&context.metrics.upload_bytes, object.size);
-    }
-
-    let messages = [
-        object::uploaded_message(&settings.env, &notification),
-        object.event(
-            &settings.env,
-            &settings.station,
-            EventKind::ClipUploaded {
-                truncated: clip.truncated,
-            },
-        ),
-    ];
-    let id = clip.clip_id.clone();
-    let committed = context
-        .spool
-        .call(move |c| {
-            let tx = c.transaction()?;
-            // A single PUT goes from `sealed` straight to `uploaded`.
-            let current = clips::get(&tx, &id)?.map(|clip| clip.state);
-            if !matches!(current, Some(ClipState::Sealed | ClipState::Uploading)) {
-                return Ok(false);
-            }
-            clips::set_uploaded(&tx, &id)?;
-            spool_multipart::forget(&tx, &id)?;
-            for message in &messages {
-                outbox::push(&tx, message)?;
-            }
-            tx.commit()?;
-            Ok(true)
-        })
-        .await?;
-    if committed {
-        Metrics::add(&context.metrics.uploads, 1);
-        tracing::info!(clip_id = %clip.clip_id, key = %object.key, size = object.size, "clip uploaded");
-        outbox_ready();
-    } else {
-        tracing::warn!(clip_id = %clip.clip_id, "clip changed state during its upload; not announced");
-    }
-    Ok(())
-}
-
-/// The part digests of a clip sealed before the spool kept them: computed now from the file
-/// (the one read at upload time such a clip needs, as before), checked against the sha256
-/// the seal recorded, and stored, so that from here on its upload is a new clip's. The plan
-/// is the one of a multipart upload already in progress, else the configured part size's.
-async fn digests_of_an_old_clip(
-    context: &Context,
-    clip: &ClipRow,
-    object: &ClipObject,
-    upload: Option<&spool_multipart::MultipartRow>,
-) -> Result<PartDigests, UploadError> {
-    let configured = upload
-        .and_then(|u| u64::try_from(u.part_size).ok())
-        .unwrap_or(context.settings.part_size);
-    let path = PathBuf::from(&clip.path);
-    let read = path.clone();
-    let digests = tokio::task::spawn_blocking(move || digest_file(&read, configured))
-        .await
-        .map_err(|e| UploadError::Read {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|source| UploadError::Read {
-            path: path.clone(),
-            source,
-        })?;
-    if !digests.sha256.eq_ignore_ascii_case(object.sha256.as_str()) {
-        return Err(UploadError::Unusable {
-            clip_id: clip.clip_id.clone(),
-            problem: format!(
-                "{CORRUPT_ON_DISK}: {} hashes to sha256 {}, not the {} it had when it was sealed",
-                path.display(),
-                digests.sha256,
-                object.sha256
-            ),
-        });
-    }
-    let (id, parts) = (clip.clip_id.clone(), digests.parts.clone());
-    context
-        .spool
-        .call(move |c| clips::set_parts(c, &id, &parts))
-        .await?;
-    tracing::info!(clip_id = %clip.clip_id, parts = digests.parts.md5s.len(), "part digests computed for a clip sealed before the spool kept them");
-    Ok(digests.parts)
-}
-
-/// How a clip whose file no longer holds what was sealed fails: its `clip_failed` reason
-/// and last error start with this.
-pub const CORRUPT_ON_DISK: &str = "corrupt on disk";
-
-/// The error for a body the store refused. A refused `Content-MD5` (`BadDigest`) is told
-/// apart by reading the region again: if its MD5 is no longer the seal's, the file changed
-/// on disk after sealing, and the clip cannot be uploaded ([`CORRUPT_ON_DISK`]; the file is
-/// kept for inspection); if it still is, the bytes were damaged on the way, and the attempt
-/// is retried like any other.
-pub(crate) async fn refused_body(
-    clip_id: &str,
-    body: &Body,
-    part_number: i64,
-    source: StoreError,
-    request: &'static str,
-    key: &str,
-) -> UploadError {
-    let store_error = |source| UploadError::Store {
-        request,
-        key: format!("{key} part {part_number}"),
-        source,
-    };
-    if source.kind != StoreErrorKind::BadDigest {
-        return store_error(source);
-    }
-    match md5_of_region(&body.path, body.offset, body.length).await {
-        Ok(now) if now != body.md5 => {
-            tracing::error!(
-                clip_id,
-                part_number,
-                path = %body.path.display(),
-                offset = body.offset,
-                length = body.length,
-                sealed_md5 = %hex::encode(body.md5),
-                md5_now = %hex::encode(now),
-                "the clip's file changed on disk since it was sealed"
-            );
-            UploadError::Unusable {
-                clip_id: clip_id.to_owned(),
-                problem: format!(
-                    "{CORRUPT_ON_DISK}: part {part_number} of {} (bytes {}..{}) has MD5 {} now, \
-                     {} when the clip was sealed; the store refused it ({}); the file is kept \
-                     for inspection",
-                    body.path.display(),
-                    body.offset,
-                    body.offset + body.length,
-                    hex::encode(now),
-                    hex::encode(body.md5),
-                    source.code()
-                ),
-            }
-        }
-        Ok(_) => store_error(source),
-        Err(read) => UploadError::Read {
-            path: body.path.clone(),
-            source: read,
-        },
-    }
-}
-
-/// Marks a clip that cannot be uploaded `failed`, with a `clip_failed` event.
-fn fail_clip(
-    connection: &mut rusqlite::Connection,
-    settings: &UploaderSettings,
-    clip_id: &str,
-    problem: &str,
-) -> Result<(), SpoolError> {
-    let tx = connection.transaction()?;
-    let Some(clip) = clips::get(&tx, clip_id)? else {
-        return Ok(());
-    };
-    clips::fail(&tx, clip_id, problem)?;
-    spool_multipart::forget(&tx, clip_id)?;
-    let failed = EventKind::ClipFailed {
-        reason: problem.to_owned(),
-    };
-    // A row too damaged to name its clip in an event is still failed, without the event.
-    if let Ok(event) = confirm::event(&clip, settings, failed) {
-        outbox::push(&tx, &event)?;
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::DEFAULT_CONFIG;
-
-    #[test]
-    fn settings_come_from_the_config_and_the_store_gets_one_attempt_per_request() {
-        let mut config = Config::parse(DEFAULT_CONFIG).unwrap();
-        config.store.part_size = crate::config::ByteSize(16 << 20);
-        config.store.concurrency = 3;
-        config.store.bandwidth_kbps = 2000;
-        config.store.retry_max = Duration::from_secs(20);
-        let settings = UploaderSettings::from_config(&config).unwrap();
-        assert_eq!(
-            (settings.env.as_str(), settings.device.as_str()),
-            ("dev", "pi-01")
-        );
-        assert_eq!(settings.station.as_str(), "pack-01");
-        assert_eq!(settings.bucket, "factory-media");
-        assert_eq!(
-            (
-                settings.part_size,
-                settings.concurrency,
-                settings.bandwidth_kbps
-            ),
-            (16 << 20, 3, 2000)
-        );
-        assert_eq!(settings.backoff.max, Duration::from_secs(20));
-        let defaults = UploaderSettings::from_config(&Config::parse(DEFAULT_CONFIG).unwrap());
-        assert_eq!(defaults.unwrap().backoff.max, Duration::from_secs(300));
-
-        let secrets = Secrets {
-            mqtt_password: None,
-            access_key_id: "GK1".into(),
-            secret_access_key: "s3cr3t-value".into(),
-        };
-        let store = store_settings(&config, &secrets);
-        assert_eq!(store.max_attempts, 1);
-        // The stall timeout watches requests; SDK bounds would cut slow capped parts.
-        assert_eq!(
-            (store.attempt_timeout, store.operation_timeout),
-            (None, None)
-        );
-        assert!(!store.path_style, "OBS is addressed virtual-hosted style");
-        assert!(!format!("{store:?}").contains("s3cr3t-value"));
-        let client = capture_objstore::client(&store);
-        let uploader_store = Store::new(client, "b".into(), Duration::from_secs(1), 0);
-        assert!(!format!("{uploader_store:?}").contains("s3cr3t-value"));
     }
 }
