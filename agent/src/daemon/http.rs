@@ -1,13 +1,16 @@
-//! The metrics endpoint: `GET /metrics` (Prometheus text format) and `GET /healthz`.
-//!
-//! A few lines of HTTP/1.1 over a tokio listener rather than a web framework: the agent
-//! serves two fixed documents to a local scraper, and stays small on the Pi.
+//! The metrics endpoint: `GET /metrics` (Prometheus text format) and `GET /healthz`, served
+//! by axum (the ingest's HTTP framework) on the configured local address. Anything else is
+//! 404 with a hint, and a method other than GET is 405: axum's router does the parsing, so
+//! no HTTP is read by hand here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::telemetry::Metrics;
@@ -16,61 +19,96 @@ use crate::telemetry::Metrics;
 pub(super) async fn serve(listen: &str, metrics: Arc<Metrics>) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "metrics endpoint listening");
+    let app = router(metrics);
     Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), answer(stream, &metrics)).await;
-            });
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "metrics endpoint stopped");
         }
     }))
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut request = Vec::with_capacity(512);
-    let mut buf = [0u8; 512];
-    // Read until the end of the request head (bounded): only the request line matters.
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-    }
-    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let (status, content_type, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
-            "200 OK",
+fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics or /healthz\n",
+            )
+        })
+        .with_state(metrics)
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
-        (b"GET", b"/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
-        (b"GET", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found: try /metrics or /healthz\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "only GET\n".to_owned(),
-        ),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+        )],
+        metrics.render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// Sends `request` as raw bytes and returns the whole answer.
+    async fn exchange(address: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn metrics_health_unknown_paths_and_other_methods() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let app = router(metrics);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let answer = exchange(address, get("/metrics").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("# TYPE capture_uploads_total counter"),
+            "{answer}"
+        );
+
+        let answer = exchange(address, get("/healthz").as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"),
+            "{answer}"
+        );
+
+        let answer = exchange(address, get("/nope").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(answer.contains("try /metrics"), "{answer}");
+
+        let post =
+            b"POST /metrics HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let answer = exchange(address, post).await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+
+        // Not HTTP at all: an error answer or a closed connection, and the server goes on.
+        let answer = exchange(address, b"\x00\x01garbage\r\n\r\n").await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{answer}"
+        );
+        let answer = exchange(address, get("/healthz").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 }
