@@ -1,6 +1,11 @@
 //! `capture-agent run` as a real process against a real Mosquitto, with videotestsrc
 //! cameras: the station protocol of DESIGN.md section 3, bad input, redelivery, broker
 //! restarts, crashes, the disk quota, the status, metrics and logs.
+//!
+//! Size: longer than the project's 600 lines on purpose. Each file under `tests/` is a test
+//! binary of its own, linked against every fixture and their dependencies; the scenarios here
+//! share their setup helpers, and splitting them would add one more such binary to build and
+//! link in every CI run.
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;

@@ -13,6 +13,11 @@
 //!   image pinned, and leaves the repository's overlays as they were;
 //! - `scripts/rollout-fleet` goes canary first, the rest after, and stops at a canary that
 //!   fails, before any other host: run against the fixtures' sshd, like the provisioning tests.
+//!
+//! Size: longer than the project's 600 lines on purpose. Each file under `tests/` is a test
+//! binary of its own, linked against every fixture and their dependencies; the scenarios here
+//! share their setup helpers, and splitting them would add one more such binary to build and
+//! link in every CI run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;

@@ -21,6 +21,9 @@
 //!
 //! Every failure is a [`JwtError`] whose message is fixed text: nothing the caller sent (a
 //! `kid`, an `alg`, a claim) ends up in a response header or a log line.
+//!
+//! Size: under 470 lines of code; the rest of the file is the tests of every refusal above,
+//! kept beside the checks they hold to.
 
 use std::collections::{BTreeMap, BTreeSet};
 
