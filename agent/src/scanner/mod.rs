@@ -1,0 +1,108 @@
+//! The packer's barcode scanner: scans read at the station, decided by the station.
+//!
+//! ```text
+//!  device ──bytes/key events──▶ [reader thread] ──lines──▶ daemon loop ──▶ Rules::classify
+//!  (tty or evdev)               serial::Lines /              │
+//!                               keyboard::Decoder            ▼
+//!                                              decide::decide (Station::handle) ──▶ spool ──▶ events
+//! ```
+//!
+//! [`ScannerSection`] is `[scanner]` in agent.toml; its device path tells the mode
+//! ([`Mode`]). A reader thread per scanner ([`spawn`]) blocks on the device and sends each
+//! line to the daemon's loop, which classifies it ([`rules`]), decides it with the station
+//! state machine ([`decide`]) and records, carries out and publishes the decision the way it
+//! does a command from the line (`daemon/scans.rs`).
+
+pub mod decide;
+pub mod keyboard;
+pub mod rules;
+pub mod serial;
+
+use std::path::PathBuf;
+
+pub use decide::{ScanEffect, idle_stop};
+pub use rules::{Mode, Refusal, Rules, Scanned, ScannerSection, shown};
+
+/// Why a scanner could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ScannerError {
+    #[error("opening the scanner {}: {source}", device.display())]
+    Open {
+        device: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Something that yields the scanner's lines, blocking until there are some.
+pub trait ScanSource: Send {
+    fn next_lines(&mut self) -> std::io::Result<Vec<String>>;
+}
+
+/// Opens the scanner `section` names in its mode.
+pub fn open(section: &ScannerSection) -> Result<Box<dyn ScanSource>, ScannerError> {
+    Ok(match section.mode() {
+        Mode::Serial => Box::new(serial::Serial::open(&section.device, section.baud)?),
+        Mode::Keyboard => Box::new(keyboard::Keyboard::open(&section.device)?),
+    })
+}
+
+/// Reads `source` on a thread of its own and sends each line to `lines` until the device
+/// fails or the receiver is gone. The thread blocks in `read`; it ends with the process.
+pub fn spawn(
+    mut source: Box<dyn ScanSource>,
+    lines: tokio::sync::mpsc::UnboundedSender<String>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("scanner".into())
+        .spawn(move || {
+            loop {
+                match source.next_lines() {
+                    Ok(batch) => {
+                        for line in batch {
+                            if lines.send(line).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the barcode scanner failed; scans are not read until the agent restarts");
+                        return;
+                    }
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// A scanner the system offers: its stable path and the device it points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub path: PathBuf,
+    pub target: PathBuf,
+    pub mode: Mode,
+}
+
+/// The scanners attached: keyboards under `/dev/input/by-id/` (a scanner in keyboard mode is
+/// one) and ttys under `/dev/serial/by-id/`, sorted by path.
+pub fn attached() -> Vec<Attached> {
+    let mut found = Vec::new();
+    for (dir, mode) in [
+        ("/dev/input/by-id", Mode::Keyboard),
+        ("/dev/serial/by-id", Mode::Serial),
+    ] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if mode == Mode::Keyboard && !name.ends_with("-event-kbd") {
+                continue;
+            }
+            let target = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            found.push(Attached { path, target, mode });
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
