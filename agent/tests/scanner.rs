@@ -53,6 +53,7 @@ async fn station(
     let broker = Mosquitto::start().await.expect("mosquitto");
     let mut options = AgentOptions::new(broker.host(), broker.port());
     configure(&mut options);
+    let scanner_extra = std::mem::take(&mut options.extra_toml);
     options.extra_toml = format!(
         r#"
 [scanner]
@@ -60,7 +61,7 @@ device = "{}"
 order_pattern = "^SO-[A-Z0-9-]+$"
 stop = "CTL-STOP"
 cancel = "CTL-CANCEL"
-"#,
+{scanner_extra}"#,
         scanner.path.display()
     );
     let agent = Agent::start(options).await.expect("the agent starts");
@@ -125,7 +126,22 @@ async fn wait_sealed(agent: &Agent, clip_id: &Value) -> ClipRow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scans_start_mark_items_and_stop_an_order_and_bad_scans_are_refused() {
     let mut scanner = Scanner::new();
-    let (_broker, agent, mut line) = station(&scanner, |_| {}).await;
+    let feedback = tempfile::tempdir().unwrap();
+    let signals = feedback.path().join("signals");
+    let (_broker, agent, mut line) = station(&scanner, |o| {
+        let program = |word: &str| {
+            format!(
+                r#"["/bin/sh", "-c", "echo {word} >> {}"]"#,
+                signals.display()
+            )
+        };
+        o.extra_toml = format!(
+            "feedback_ok = {}\nfeedback_error = {}\n",
+            program("ok"),
+            program("error")
+        );
+    })
+    .await;
 
     scanner.scan("SO-S1");
     let started = event(&mut line, "scan_started").await;
@@ -184,6 +200,20 @@ async fn scans_start_mark_items_and_stop_an_order_and_bad_scans_are_refused() {
     let refused = event(&mut line, "scan_refused").await;
     assert_eq!(refused["reason"], "too_long");
     assert_eq!(spool_clips(&agent).len(), 1, "refused scans start nothing");
+    // The packer heard three good scans and three bad ones.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let heard = std::fs::read_to_string(&signals).unwrap_or_default();
+        let count = |word: &str| heard.lines().filter(|l| *l == word).count();
+        if (count("ok"), count("error")) == (3, 3) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "feedback signals: {heard:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

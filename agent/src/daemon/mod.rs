@@ -289,21 +289,14 @@ impl Daemon {
         }
     }
 
-    /// Opens `[scanner]` and starts its reader: the lines it sends, or `None` without a
-    /// scanner. A scanner that cannot be opened is logged and the station goes on serving
-    /// the line's commands.
+    /// Starts the reader of `[scanner]`: the lines it sends, or `None` without a scanner. A
+    /// scanner that cannot be opened (yet) is retried by the reader; meanwhile the station
+    /// serves the line's commands.
     fn open_scanner(&mut self, config: &Config) -> Option<mpsc::UnboundedReceiver<String>> {
         let section = config.scanner.as_ref()?;
         let rules = section.rules()?;
-        let source = match crate::scanner::open(section) {
-            Ok(source) => source,
-            Err(e) => {
-                tracing::error!(error = %e, "the barcode scanner cannot be read; scans are not taken until the agent restarts");
-                return None;
-            }
-        };
         let (lines_tx, lines) = mpsc::unbounded_channel();
-        if let Err(e) = crate::scanner::spawn(source, lines_tx) {
+        if let Err(e) = crate::scanner::spawn(section.clone(), lines_tx) {
             tracing::error!(error = %e, "starting the barcode scanner's reader");
             return None;
         }
@@ -312,6 +305,8 @@ impl Daemon {
             rules,
             idle_stop: section.idle_stop,
             last_scan: None,
+            feedback_ok: section.feedback_ok.clone(),
+            feedback_error: section.feedback_error.clone(),
         });
         Some(lines)
     }

@@ -34,6 +34,9 @@ pub(super) struct ScannerState {
     pub idle_stop: Duration,
     /// When the last scan of any kind was read (for `idle_stop`).
     pub last_scan: Option<Timestamp>,
+    /// The programs telling the packer a scan did something, or was refused.
+    pub feedback_ok: Vec<String>,
+    pub feedback_error: Vec<String>,
 }
 
 /// A scan as the inbox keeps it (its payload).
@@ -216,6 +219,14 @@ impl Daemon {
         }
         self.link.flush();
         log(&event);
+        if let Some(scanner) = &self.scanner {
+            let refused = matches!(event.kind, ScanEventKind::ScanRefused { .. });
+            feedback(if refused {
+                &scanner.feedback_error
+            } else {
+                &scanner.feedback_ok
+            });
+        }
         let changes_recording = actions.iter().any(|a| {
             matches!(
                 a,
@@ -263,5 +274,25 @@ fn log(event: &ScanEvent) {
             kind = ?kind,
             "scan decided"
         ),
+    }
+}
+
+/// Runs a feedback program without waiting for it (a thread reaps it).
+fn feedback(argv: &[String]) {
+    let Some((program, args)) = argv.split_first() else {
+        return;
+    };
+    let spawned = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => {
+            tracing::warn!(program = %program, error = %e, "running the scanner's feedback program")
+        }
     }
 }

@@ -46,29 +46,49 @@ pub fn open(section: &ScannerSection) -> Result<Box<dyn ScanSource>, ScannerErro
     })
 }
 
-/// Reads `source` on a thread of its own and sends each line to `lines` until the device
-/// fails or the receiver is gone. The thread blocks in `read`; it ends with the process.
+/// How long the reader waits before it opens the device again after it failed (unplugged,
+/// not there yet).
+pub const REOPEN_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads the scanner `section` names on a thread of its own and sends each line to `lines`
+/// until the receiver is gone. A device that cannot be opened or fails (a scanner unplugged)
+/// is opened again every [`REOPEN_AFTER`]; each failure is logged once until it reads again.
+/// The thread blocks in `read`; it ends with the process.
 pub fn spawn(
-    mut source: Box<dyn ScanSource>,
+    section: ScannerSection,
     lines: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("scanner".into())
         .spawn(move || {
-            loop {
-                match source.next_lines() {
-                    Ok(batch) => {
-                        for line in batch {
-                            if lines.send(line).is_err() {
-                                return;
+            let mut failing = false;
+            while !lines.is_closed() {
+                let error = match open(&section) {
+                    Ok(mut source) => {
+                        if failing {
+                            tracing::info!(device = %section.device.display(), "the barcode scanner reads again");
+                            failing = false;
+                        }
+                        loop {
+                            match source.next_lines() {
+                                Ok(batch) => {
+                                    for line in batch {
+                                        if lines.send(line).is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                                Err(e) => break e.to_string(),
                             }
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "reading the barcode scanner failed; scans are not read until the agent restarts");
-                        return;
-                    }
+                    Err(e) => e.to_string(),
+                };
+                if !failing {
+                    tracing::error!(device = %section.device.display(), error = %error, "the barcode scanner cannot be read; trying again every {REOPEN_AFTER:?}");
+                    failing = true;
                 }
+                std::thread::sleep(REOPEN_AFTER);
             }
         })
         .map(drop)
@@ -105,4 +125,45 @@ pub fn attached() -> Vec<Attached> {
     }
     found.sort_by(|a, b| a.path.cmp(&b.path));
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[test]
+    fn the_reader_opens_a_scanner_plugged_in_after_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("usb-scanner");
+        let section: ScannerSection = toml::from_str(&format!(
+            "device = \"{}\"\norder_pattern = \"^SO-\"\n",
+            link.display()
+        ))
+        .unwrap();
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        spawn(section, lines_tx).unwrap();
+        // Plugged in: udev's by-id link appears, pointing at the tty.
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let tty = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::os::unix::fs::symlink(&tty, &link).unwrap();
+        let mut scanner = std::fs::File::from(pty.master);
+        scanner.write_all(b"SO-1\n").unwrap();
+        let deadline = std::time::Instant::now() + 3 * REOPEN_AFTER;
+        loop {
+            match lines.try_recv() {
+                Ok(line) => {
+                    assert_eq!(line, "SO-1");
+                    break;
+                }
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("no scan from the scanner plugged in late: {e}"),
+            }
+        }
+    }
 }

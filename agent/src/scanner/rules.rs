@@ -49,6 +49,14 @@ pub struct ScannerSection {
     /// Serial mode only: the line speed (USB CDC scanners ignore it).
     #[serde(default = "default_baud")]
     pub baud: u32,
+    /// Feedback to the packer: a program (absolute path, then its arguments, no shell) run
+    /// after each scan that did something, e.g. `["/usr/bin/aplay", "-q", "ok.wav"]` (ALSA)
+    /// or `["/usr/bin/gpioset", "-t", "100ms,0", "gpiochip0", "17=1"]` (a buzzer or LED).
+    #[serde(default)]
+    pub feedback_ok: Vec<String>,
+    /// The same for a refused scan.
+    #[serde(default)]
+    pub feedback_error: Vec<String>,
 }
 
 fn default_max_len() -> usize {
@@ -99,6 +107,21 @@ impl ScannerSection {
         }
         if !BAUD_RATES.contains(&self.baud) {
             problems.push(("baud", format!("must be one of {BAUD_RATES:?}")));
+        }
+        for (key, argv) in [
+            ("feedback_ok", &self.feedback_ok),
+            ("feedback_error", &self.feedback_error),
+        ] {
+            if let Some(program) = argv.first()
+                && !program.starts_with('/')
+            {
+                problems.push((
+                    key,
+                    format!(
+                        "{program:?} must be the program's absolute path (no shell, no PATH lookup)"
+                    ),
+                ));
+            }
         }
         let order = match Regex::new(&self.order_pattern) {
             Ok(regex) => Some(regex),
@@ -328,6 +351,7 @@ mod tests {
         s.max_len = 0;
         s.idle_stop = Duration::from_secs(2);
         s.baud = 1234;
+        s.feedback_error = vec!["aplay".into(), "error.wav".into()];
         let keys: Vec<_> = s.problems().into_iter().map(|(k, _)| k).collect();
         assert_eq!(
             keys,
@@ -336,6 +360,7 @@ mod tests {
                 "max_len",
                 "idle_stop",
                 "baud",
+                "feedback_error",
                 "order_pattern",
                 "item_pattern",
                 "stop",
