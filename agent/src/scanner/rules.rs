@@ -51,7 +51,7 @@ pub struct ScannerSection {
     pub baud: u32,
     /// Feedback to the packer: a program (absolute path, then its arguments, no shell) run
     /// after each scan that did something, e.g. `["/usr/bin/aplay", "-q", "ok.wav"]` (ALSA)
-    /// or `["/usr/bin/gpioset", "-t", "100ms,0", "gpiochip0", "17=1"]` (a buzzer or LED).
+    /// or `["/usr/bin/gpioset", "-c", "gpiochip0", "-t", "1s,0", "17=1"]` (a buzzer or LED).
     #[serde(default)]
     pub feedback_ok: Vec<String>,
     /// The same for a refused scan.
