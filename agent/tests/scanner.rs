@@ -300,3 +300,30 @@ async fn a_scan_recorded_before_a_crash_is_decided_once_at_the_restart() {
     let rows = spool_clips(&agent);
     assert_eq!(rows.len(), 1, "one recording: {rows:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_without_a_scan_for_idle_stop_is_stopped() {
+    let mut scanner = Scanner::new();
+    let (_broker, agent, mut line) = station(&scanner, |o| {
+        o.extra_toml = "idle_stop = \"5s\"\n".into();
+    })
+    .await;
+    scanner.scan("SO-IDLE");
+    let started = event(&mut line, "scan_started").await;
+    let begun = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // An item scan holds the stop off.
+    scanner.scan("ITEM-1");
+    event(&mut line, "item_scanned").await;
+    let stopped = event(&mut line, "scan_stopped").await;
+    assert_eq!(stopped["idle"], true);
+    assert_eq!(stopped["code"], "");
+    assert_eq!(stopped["clips"], started["clips"]);
+    assert!(
+        begun.elapsed() >= Duration::from_secs(8),
+        "stopped {:?} after the start, before 5 s without a scan",
+        begun.elapsed()
+    );
+    let row = wait_sealed(&agent, &started["clips"][0]).await;
+    assert!(!row.truncated);
+}
