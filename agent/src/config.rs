@@ -25,6 +25,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::capture::CameraSpec;
 use crate::capture::spec::human_duration;
+use crate::scanner::ScannerSection;
 use crate::station::OnNewStart;
 
 /// The commented default configuration.
@@ -45,6 +46,8 @@ pub struct Config {
     pub metrics: MetricsSection,
     #[serde(rename = "camera", default)]
     pub cameras: Vec<CameraSpec>,
+    /// The packer's barcode scanner, when the station has one.
+    pub scanner: Option<ScannerSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -363,6 +366,11 @@ impl Config {
                 ));
             }
         }
+        if let Some(scanner) = &self.scanner {
+            for (key, message) in scanner.problems() {
+                problems.push(problem(format!("scanner.{key}"), message));
+            }
+        }
         problems
     }
 
@@ -564,6 +572,25 @@ mod tests {
                 "camera[0]"
             ]
         );
+    }
+
+    #[test]
+    fn a_scanner_section_is_checked_with_its_keys() {
+        let scanner = "\n[scanner]\ndevice = \"/dev/ttyACM0\"\norder_pattern = \"^SO-\"\nstop = \"CTL-STOP\"\n";
+        let config = Config::parse(&format!("{DEFAULT_CONFIG}{scanner}")).unwrap();
+        assert_eq!(config.problems(), Vec::<Problem>::new());
+        assert!(config.scanner.is_some());
+        let broken = scanner
+            .replace("^SO-", "^SO-(")
+            .replace("CTL-STOP", "SO-STOP");
+        let problems = Config::parse(&format!("{DEFAULT_CONFIG}{broken}"))
+            .unwrap()
+            .problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["scanner.order_pattern"], "{problems:?}");
+        assert!(problems[0].message.contains("not a valid regex"));
+        let typo = format!("{DEFAULT_CONFIG}{scanner}order_patern = \"x\"\n");
+        assert!(Config::parse(&typo).unwrap_err().contains("order_patern"));
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! 3. [`link`] (MQTT) and [`uploader`] (the object store): one task per external resource.
 //! 4. [`config`], [`telemetry`] (logs, metrics) and [`hint`] (what an operator checks for a
 //!    capture error, printed by the CLI and added by the daemon).
-//! 5. [`capture`] (the cameras' pipelines and sealing) and [`spool`] (SQLite).
+//! 5. [`capture`] (the cameras' pipelines and sealing), [`scanner`] (the packer's barcode
+//!    scanner: reading and classifying scans) and [`spool`] (SQLite).
 //! 6. Leaves: [`digest`] (the seal's hashes and the upload's part plan), [`station`] (the state
 //!    machine, no I/O), [`disk`] (quota and eviction).
 
@@ -27,6 +28,7 @@ pub mod digest;
 pub mod disk;
 pub mod hint;
 pub mod link;
+pub mod scanner;
 pub mod spool;
 pub mod station;
 pub mod telemetry;

@@ -13,6 +13,8 @@ Examples:
 
   # Which cameras does this Pi have, and in which modes?
   capture-agent cameras
+  # Which barcode scanners are attached?
+  capture-agent scanners
 
   # Record 5 s from the test pattern (no camera needed), then check the file
   capture-agent record --source test --seconds 5 --out /tmp/clip.mp4
@@ -74,6 +76,8 @@ enum Command {
     Snapshot(cli::SnapshotArgs),
     /// List the cameras GStreamer can see (V4L2 and libcamera) with their formats and sizes.
     Cameras,
+    /// List the barcode scanners attached (keyboard-mode input devices and serial ttys).
+    Scanners,
     /// Seal `*.part` files left by a crash: rewrite the container from the complete frames.
     Seal(cli::SealArgs),
     /// Read every frame of MP4 files and report frames, duration and first keyframe.
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         Command::Record(args) => cli::record(args),
         Command::Snapshot(args) => cli::snapshot(args),
         Command::Cameras => cli::cameras(),
+        Command::Scanners => cli::scanners(),
         Command::Seal(args) => cli::seal(args),
         Command::Inspect(args) => cli::inspect(args),
         Command::Validate(args) => return cli::validate(args),

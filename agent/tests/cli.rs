@@ -150,3 +150,19 @@ fn help_teaches_with_examples() {
     let version = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("capture-agent "));
 }
+
+#[test]
+fn scanners_lists_what_is_attached_or_says_where_to_look() {
+    let output = Command::new(BIN).arg("scanners").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let attached = std::path::Path::new("/dev/input/by-id").exists()
+        || std::path::Path::new("/dev/serial/by-id").exists();
+    if text.starts_with("No scanners found.") {
+        assert!(text.contains("/dev/input/by-id/"), "{text}");
+        assert!(text.contains("dialout"), "{text}");
+    } else {
+        assert!(attached, "{text}");
+        assert!(text.contains("device = \"/dev/"), "{text}");
+    }
+}

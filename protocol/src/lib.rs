@@ -60,7 +60,7 @@ pub use command::{
     Cameras, CamerasError, Capture, Command, CommandError, Op, Rejection, parse_command,
 };
 pub use confirm::{Confirm, Verdict, parse_confirm};
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, ScanEvent, ScanEventKind};
 pub use ids::{
     CameraName, ClipId, CommandId, DeviceId, Env, IdKind, InvalidId, OrderId, Sha256Hex, StationId,
 };

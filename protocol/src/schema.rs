@@ -17,7 +17,7 @@
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
 
-use crate::{ClipEvent, Command, Confirm, Event, Reply, Status, Uploaded};
+use crate::{ClipEvent, Command, Confirm, Event, Reply, ScanEvent, Status, Uploaded};
 
 /// Every message schema, with the file name it is committed under.
 pub fn schemas() -> Vec<(&'static str, Schema)> {
@@ -26,6 +26,7 @@ pub fn schemas() -> Vec<(&'static str, Schema)> {
         ("reply.json", as_written::<Reply>()),
         ("status.json", as_written::<Status>()),
         ("event.json", as_written::<Event>()),
+        ("scan-event.json", as_written::<ScanEvent>()),
         ("uploaded.json", as_written::<Uploaded>()),
         ("confirm.json", as_written::<Confirm>()),
         ("clip-event.json", as_written::<ClipEvent>()),

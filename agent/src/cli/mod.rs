@@ -10,6 +10,7 @@ mod clip;
 mod config;
 mod record;
 mod run;
+mod scanners;
 mod snapshot;
 mod spool;
 
@@ -19,6 +20,7 @@ pub use clip::{InspectArgs, SealArgs, inspect, seal};
 pub use config::{ValidateArgs, generate_config, validate};
 pub use record::{RecordArgs, record};
 pub use run::{RunArgs, run};
+pub use scanners::scanners;
 pub use snapshot::{SnapshotArgs, snapshot};
 pub use spool::{SpoolArgs, spool};
 

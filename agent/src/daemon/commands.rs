@@ -86,6 +86,10 @@ impl Daemon {
     pub(super) async fn decide_unanswered(&mut self) -> anyhow::Result<()> {
         let unanswered = self.spool.call(|c| inbox::unanswered(c)).await?;
         for (id, payload) in unanswered {
+            if id.starts_with(super::scans::SCAN_ID_PREFIX) {
+                self.decide_recorded_scan(&id, &payload).await;
+                continue;
+            }
             match parse_command(&payload, &self.identity.env) {
                 Ok(command) => {
                     tracing::info!(command = %id, "deciding a command received before a restart");
@@ -176,7 +180,7 @@ impl Daemon {
 
     /// The transaction that records a decision: reply, new clip rows, aborted clips, and the
     /// messages announcing them.
-    fn decided(
+    pub(super) fn decided(
         &self,
         command: &Command,
         reply: &Reply,
@@ -707,6 +711,6 @@ pub(super) struct SealOutcome {
 }
 
 /// A new clip id: a ULID, time-sortable.
-fn new_clip_id() -> ClipId {
+pub(super) fn new_clip_id() -> ClipId {
     ClipId::from_u128(ulid::Ulid::new().0)
 }

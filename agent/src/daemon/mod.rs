@@ -8,8 +8,9 @@
 //! ```
 //!
 //! One loop owns the station state machine and handles, one at a time: commands from the
-//! line, confirmations from the ingest, a one-second tick (`max_secs`, disk, status) and the
-//! shutdown signal. The order of work for a command is what makes it survive a crash:
+//! line, scans from the packer's barcode scanner (`[scanner]`, `scans.rs`: the same steps
+//! as a command, with an event in place of the reply), confirmations from the ingest, a
+//! one-second tick (`max_secs`, `idle_stop`, disk, status) and the shutdown signal. The order of work for a command is what makes it survive a crash:
 //!
 //! 1. the command is recorded in the spool's inbox by id (a redelivery gets its stored reply
 //!    again and does nothing else);
@@ -31,6 +32,7 @@
 mod commands;
 mod http;
 pub mod reconcile;
+mod scans;
 mod status;
 pub mod systemd;
 
@@ -98,6 +100,8 @@ struct Daemon {
     /// here, off the loop, however long a clip is; the loop commits each result as it
     /// comes (`on_sealed`).
     sealing: tokio::task::JoinSet<commands::SealOutcome>,
+    /// The packer's barcode scanner, when `[scanner]` is configured.
+    scanner: Option<scans::ScannerState>,
 }
 
 /// Runs the daemon until `shutdown` completes, then finalizes the recording in progress and
@@ -173,7 +177,9 @@ pub async fn run(
         clock_synced,
         heartbeat: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         sealing: tokio::task::JoinSet::new(),
+        scanner: None,
     };
+    let mut scan_lines = daemon.open_scanner(&config);
 
     // Commands recorded before a crash but never decided come first, before new ones, once
     // the cameras deliver frames (a start decided earlier would find them unavailable).
@@ -215,6 +221,10 @@ pub async fn run(
             publish = inbound.recv() => match publish {
                 Some(publish) => daemon.on_publish(publish).await,
                 None => break,
+            },
+            line = next_scan(&mut scan_lines) => match line {
+                Some(line) => daemon.on_scan(line).await,
+                None => scan_lines = None,
             },
             Some(joined) = daemon.sealing.join_next(), if !daemon.sealing.is_empty() => {
                 match joined {
@@ -265,6 +275,7 @@ impl Daemon {
             self.execute(vec![action]).await;
             self.publish_status().await;
         }
+        self.check_idle().await;
         crate::telemetry::Metrics::flag(&self.metrics.mqtt_connected, self.link.is_connected());
         if ticks.is_multiple_of(5) {
             self.refresh().await;
@@ -276,6 +287,28 @@ impl Daemon {
         if ticks.is_multiple_of(3600) {
             self.prune_inbox().await;
         }
+    }
+
+    /// Starts the reader of `[scanner]`: the lines it sends, or `None` without a scanner. A
+    /// scanner that cannot be opened (yet) is retried by the reader; meanwhile the station
+    /// serves the line's commands.
+    fn open_scanner(&mut self, config: &Config) -> Option<mpsc::UnboundedReceiver<String>> {
+        let section = config.scanner.as_ref()?;
+        let rules = section.rules()?;
+        let (lines_tx, lines) = mpsc::unbounded_channel();
+        if let Err(e) = crate::scanner::spawn(section.clone(), lines_tx) {
+            tracing::error!(error = %e, "starting the barcode scanner's reader");
+            return None;
+        }
+        tracing::info!(device = %section.device.display(), mode = ?section.mode(), "reading the barcode scanner");
+        self.scanner = Some(scans::ScannerState {
+            rules,
+            idle_stop: section.idle_stop,
+            last_scan: None,
+            feedback_ok: section.feedback_ok.clone(),
+            feedback_error: section.feedback_error.clone(),
+        });
+        Some(lines)
     }
 
     /// Acknowledges an incoming packet (after what it carried is durable).
@@ -372,6 +405,14 @@ impl Daemon {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning the command inbox"),
         }
+    }
+}
+
+/// The next line of the scanner; never, without one.
+async fn next_scan(lines: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match lines {
+        Some(lines) => lines.recv().await,
+        None => std::future::pending().await,
     }
 }
 
