@@ -86,8 +86,9 @@ impl Daemon {
     pub(super) async fn decide_unanswered(&mut self) -> anyhow::Result<()> {
         let unanswered = self.spool.call(|c| inbox::unanswered(c)).await?;
         for (id, payload) in unanswered {
-            if id.starts_with(super::scans::SCAN_ID_PREFIX) {
-                self.decide_recorded_scan(&id, &payload).await;
+            if id.starts_with(super::scans::SCAN_ID_PREFIX)
+                && self.decide_recorded_scan(&id, &payload).await
+            {
                 continue;
             }
             match parse_command(&payload, &self.identity.env) {

@@ -23,8 +23,9 @@ use crate::scanner::{Rules, ScanEffect, Scanned, decide, idle_stop, shown};
 use crate::spool::{self, Decided, OutboxMessage, inbox};
 use crate::station::{Action, Conditions};
 
-/// The prefix of the command ids the station gives its scans. A line command should not use
-/// it: after a crash, an unanswered inbox row with this prefix is decided as a scan.
+/// The prefix of the command ids the station gives its scans. A line command may use it too:
+/// after a crash, an unanswered inbox row is decided as a scan only when its payload is a
+/// [`ScanRecord`] (which no command of the line is: those carry `v`, `id` and `op`).
 pub const SCAN_ID_PREFIX: &str = "scan-";
 
 /// The scanner's part of the daemon's state.
@@ -39,8 +40,10 @@ pub(super) struct ScannerState {
     pub feedback_error: Vec<String>,
 }
 
-/// A scan as the inbox keeps it (its payload).
+/// A scan as the inbox keeps it (its payload). Unknown fields are refused, so that a line
+/// command recorded under an id with [`SCAN_ID_PREFIX`] is never read as a scan.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ScanRecord {
     /// The line as the scanner sent it.
     scan: String,
@@ -112,14 +115,15 @@ impl Daemon {
         self.decide_scan(command_id, &record, scanned).await;
     }
 
-    /// Decides a scan the inbox holds unanswered (read before a crash).
-    pub(super) async fn decide_recorded_scan(&mut self, id: &str, payload: &[u8]) {
-        let (Ok(record), Ok(command_id)) = (
-            serde_json::from_slice::<ScanRecord>(payload),
-            id.parse::<CommandId>(),
-        ) else {
-            tracing::warn!(scan = %id, "an unanswered scan in the inbox no longer parses");
-            return;
+    /// Decides a scan the inbox holds unanswered (read before a crash). False when the row is
+    /// not a scan (a line command whose id happens to start with [`SCAN_ID_PREFIX`]).
+    pub(super) async fn decide_recorded_scan(&mut self, id: &str, payload: &[u8]) -> bool {
+        let Ok(record) = serde_json::from_slice::<ScanRecord>(payload) else {
+            return false;
+        };
+        let Ok(command_id) = id.parse::<CommandId>() else {
+            tracing::warn!(scan = %id, "an unanswered scan in the inbox has an id that no longer parses");
+            return true;
         };
         let scanned = match (&self.scanner, record.idle) {
             (_, true) => Some(Scanned::Stop),
@@ -128,10 +132,11 @@ impl Daemon {
         };
         let Some(scanned) = scanned else {
             tracing::warn!(scan = %id, "an unanswered scan in the inbox, but no [scanner] to decide it");
-            return;
+            return true;
         };
         tracing::info!(scan = %id, "deciding a scan read before a restart");
         self.decide_scan(command_id, &record, scanned).await;
+        true
     }
 
     async fn decide_scan(&mut self, id: CommandId, record: &ScanRecord, scanned: Scanned) {
