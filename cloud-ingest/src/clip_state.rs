@@ -94,6 +94,7 @@ pub struct StateChange {
     pub clip_id: String,
     pub order: String,
     pub station: String,
+    /// Empty when the message does not name it (an `abort` reply); a later event fills it in.
     pub camera: String,
     pub state: ClipState,
     pub reason: Option<String>,
@@ -108,6 +109,7 @@ const UPSERT: &str = "INSERT INTO expected_clips AS e \
      CASE WHEN $5::text IN ('recorded', 'uploaded') THEN now() END) \
      ON CONFLICT (clip_id) DO UPDATE SET \
      last_seen = now(), \
+     camera = CASE WHEN e.camera = '' THEN EXCLUDED.camera ELSE e.camera END, \
      pending_since = COALESCE(e.pending_since, EXCLUDED.pending_since), \
      state = CASE WHEN expected_rank(EXCLUDED.state) > expected_rank(e.state) \
          THEN EXCLUDED.state ELSE e.state END, \

@@ -504,6 +504,49 @@ async fn a_start_without_an_answer_from_the_station_is_reported() -> Result<()> 
 }
 
 #[tokio::test]
+async fn an_abort_answered_before_its_clip_was_announced_keeps_the_clip_aborted() -> Result<()> {
+    let stack = Stack::start(false).await?;
+    let (ingest, _core) = stack.ingest(Duration::from_secs(60)).await?;
+    let station = Sender::connect(&stack.broker).await?;
+
+    // The reply reaches the ingest before the clip's recording_started (two replicas, or the
+    // broker's order across topics).
+    let (_, clip) = clip_at("pack-04", "SO-RESCAN");
+    let reply = format!(
+        r#"{{"v":1,"id":"c-4","ok":true,"op":"abort","order":"SO-RESCAN","clips":["{}"],"at":"2026-11-23T10:00:05Z"}}"#,
+        clip.clip_id
+    );
+    station.raw("pack-04", "reply", reply.into_bytes()).await?;
+    stack.wait_state(&clip.clip_id, "aborted").await?;
+    station
+        .event("pack-04", "recording_started", &clip, 0)
+        .await?;
+    wait_until("the late event recorded", DEADLINE, || async {
+        Ok((stack.transitions(&clip.clip_id).await?.len() == 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        stack.state(&clip.clip_id).await?.as_deref(),
+        Some("aborted")
+    );
+    assert_eq!(
+        stack.transitions(&clip.clip_id).await?,
+        ["recording", "aborted"]
+    );
+    let (_, order) = ingest.get_json("/v1/orders/SO-RESCAN/clips").await?;
+    let expected = &order["expected"][0];
+    assert_eq!(expected["state"], json!("aborted"));
+    assert_eq!(
+        expected["camera"],
+        json!("top"),
+        "the late event names the camera"
+    );
+    assert_eq!(expected["location"]["at"], json!("nowhere"));
+    ingest.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_station_messages_are_poison_or_ignored_and_bad_ids_get_their_errors() -> Result<()> {
     let stack = Stack::start(false).await?;
     let (ingest, _core) = stack.ingest(Duration::from_secs(60)).await?;

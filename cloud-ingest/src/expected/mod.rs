@@ -61,8 +61,8 @@ pub const KNOWN_EVENTS: [&str; 5] = [
 pub enum Observation {
     /// A clip reached a state (an event).
     State(StateChange),
-    /// An `abort` answered ok: the order's clips still recording at the station are discarded
-    /// (those the reply names, or all of them when it names none).
+    /// An `abort` answered ok: the clips the reply names are discarded, even those not
+    /// announced yet; a reply naming none discards the order's clips still recording there.
     Abort {
         station: String,
         order: String,

@@ -13,7 +13,8 @@ use crate::clip_state::{self, ClipState, StateChange};
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 
-/// The clips of an `abort` answered ok move from recording (or recorded) to aborted.
+/// The clips of an `abort` answered ok that names none move from recording (or recorded) to
+/// aborted.
 const ABORT: &str = "WITH moved AS (UPDATE expected_clips SET state = 'aborted', since = now(), \
      state_at = $4::text::timestamptz, last_seen = now() \
      WHERE station = $1 AND order_id = $2 AND state IN ('recording', 'recorded') \
@@ -52,6 +53,29 @@ pub async fn commit(
     clip_state::record(&tx, &states).await?;
     for observation in observations {
         match observation {
+            // The clips the reply names are aborted even when their `recording_started` has
+            // not arrived yet (it will not move them back); a reply that names none aborts
+            // what is recording of that order at that station.
+            Observation::Abort {
+                station,
+                order,
+                clips,
+                at,
+            } if !clips.is_empty() => {
+                let aborted: Vec<StateChange> = clips
+                    .iter()
+                    .map(|clip_id| StateChange {
+                        clip_id: clip_id.clone(),
+                        order: order.clone(),
+                        station: station.clone(),
+                        camera: String::new(),
+                        state: ClipState::Aborted,
+                        reason: None,
+                        at: at.clone(),
+                    })
+                    .collect();
+                clip_state::record(&tx, &aborted).await?;
+            }
             Observation::Abort {
                 station,
                 order,
