@@ -2,7 +2,8 @@
 //!
 //! | route | scope | answer |
 //! | --- | --- | --- |
-//! | `GET /v1/orders/{order}/clips` | `clips:read` | the clips of an order, each with a presigned GET URL |
+//! | `GET /v1/orders/{order}/clips` | `clips:read` | the clips of an order, each with a presigned GET URL and its state; the clips known only from the stations' events (`expected`, with where each is and since when); its unanswered starts |
+//! | `GET /v1/overdue` | `clips:read` | overdue clips and unanswered starts, by station, with the station's presence |
 //! | `GET /v1/clips/{id}` | `clips:read` | one clip, with a presigned GET URL |
 //! | `GET /v1/stations` | `stations:read` | the last retained status of every station (online/offline, queue) |
 //! | `GET /healthz` | open | 200 while the process serves (liveness) |
@@ -41,6 +42,9 @@ use serde_json::json;
 pub use crate::api_error::ApiError;
 use crate::auth::{self, Authenticator};
 use crate::catalog::{self, Decision, Pool, StoredClip};
+use crate::clip_state::ClipState;
+use crate::config::ExpectedConfig;
+use crate::expected::store::{self as expected, Deadlines, ExpectedClip, Unanswered};
 use crate::principal::{Principal, Scope};
 use crate::stations::Stations;
 use crate::telemetry::Metrics;
@@ -57,6 +61,8 @@ pub struct ApiState {
     /// Not ready when notifications are in hand and the consumer made no progress for this
     /// long (see [`crate::telemetry::Progress`]).
     pub stalled_after: Duration,
+    /// When a clip is overdue and a start unanswered.
+    pub expected: ExpectedConfig,
 }
 
 /// The router of the whole API; `/metrics` only when `with_metrics` (else it is served by
@@ -72,6 +78,10 @@ pub fn router(state: ApiState, auth: Arc<Authenticator>, with_metrics: bool) -> 
         .route(
             "/clips/{id}",
             get(one_clip).route_layer(scope(Scope::ClipsRead)),
+        )
+        .route(
+            "/overdue",
+            get(overdue).route_layer(scope(Scope::ClipsRead)),
         )
         .route(
             "/stations",
@@ -123,6 +133,11 @@ pub struct ClipView {
     #[serde(flatten)]
     pub uploaded: Uploaded,
     pub status: &'static str,
+    /// Its life's state ([`ClipState`]): `accepted` or `rejected` for a clip in the catalog.
+    pub state: &'static str,
+    /// Since when it has been in that state, when the expected clips know it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_since: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub received_at: String,
@@ -185,6 +200,8 @@ impl ApiState {
         Ok(ClipView {
             uploaded: clip.uploaded,
             status,
+            state: status,
+            state_since: None,
             reason,
             received_at: clip.received_at,
             url,
@@ -219,19 +236,51 @@ async fn order_clips(
         ApiError::new(StatusCode::BAD_REQUEST, "bad_order", e.to_string())
     })?;
     let ttl = state.url_ttl(&query)?;
-    let clips = catalog::clips_of_order(&state.pool, order.as_str()).await?;
-    if clips.is_empty() {
+    let (clips, known, unanswered) = futures::try_join!(
+        catalog::clips_of_order(&state.pool, order.as_str()),
+        expected::clips_of_order(&state.pool, order.as_str(), state.deadlines()),
+        expected::unanswered(
+            &state.pool,
+            Some(order.as_str()),
+            state.expected.reply_timeout
+        ),
+    )?;
+    if clips.is_empty() && known.is_empty() && unanswered.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no clips for order {order}"),
         ));
     }
+    let mut known: std::collections::BTreeMap<String, ExpectedClip> = known
+        .into_iter()
+        .map(|clip| (clip.clip_id.clone(), clip))
+        .collect();
     let mut views = Vec::with_capacity(clips.len());
     for clip in clips {
-        views.push(state.view(clip, &caller, ttl).await?);
+        let life = known.remove(clip.uploaded.clip_id.as_str());
+        let mut view = state.view(clip, &caller, ttl).await?;
+        if let Some(life) = life {
+            view.state = life.state.as_str();
+            view.state_since = Some(life.since);
+        }
+        views.push(view);
     }
-    Ok(axum::Json(json!({"order": order, "clips": views})))
+    // Clips known only from the stations' events: not (or not yet) in the catalog.
+    let pending: Vec<ExpectedView> = known
+        .into_values()
+        .map(|clip| state.expected_view(clip))
+        .collect();
+    let starts: Vec<serde_json::Value> = unanswered
+        .iter()
+        .map(|start| state.unanswered_view(start))
+        .collect();
+    Ok(axum::Json(json!({
+        "order": order,
+        "clips": views,
+        "expected": pending,
+        "unanswered_starts": starts,
+    })))
 }
 
 async fn one_clip(
@@ -252,6 +301,134 @@ async fn one_clip(
         )
     })?;
     Ok(axum::Json(state.view(clip, &caller, ttl).await?))
+}
+
+/// A clip the stations announced that is not in the catalog: its state, where it is and
+/// since when.
+#[derive(Debug, Serialize)]
+pub struct ExpectedView {
+    pub clip_id: String,
+    pub station: String,
+    pub camera: String,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Since when it has been in `state`.
+    pub since: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// Recorded and not accepted within `expected.overdue_after`.
+    pub overdue: bool,
+    /// When it was first found overdue (its `clip.overdue` event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overdue_since: Option<String>,
+    pub location: Location,
+}
+
+/// Where a clip not in the catalog is.
+#[derive(Debug, Serialize)]
+pub struct Location {
+    /// `station` (recording, queued, failed or rejected: the station keeps it until it is
+    /// accepted), `store` (uploaded, its notification not yet decided) or `nowhere` (aborted).
+    pub at: &'static str,
+    pub station: String,
+    /// `online`, `offline` or `unknown`, from the station's retained status.
+    pub station_state: &'static str,
+    /// The time of that status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub station_since: Option<Timestamp>,
+    /// Since when the clip has been there.
+    pub since: String,
+}
+
+impl ApiState {
+    fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            overdue_after: self.expected.overdue_after,
+            max_recording: self.expected.max_recording,
+        }
+    }
+
+    fn expected_view(&self, clip: ExpectedClip) -> ExpectedView {
+        let at = match clip.state {
+            ClipState::Uploaded => "store",
+            ClipState::Aborted => "nowhere",
+            _ => "station",
+        };
+        let (station_state, station_since) = self.stations.presence(&clip.station);
+        ExpectedView {
+            location: Location {
+                at,
+                station: clip.station.clone(),
+                station_state,
+                station_since,
+                since: clip.since.clone(),
+            },
+            clip_id: clip.clip_id,
+            station: clip.station,
+            camera: clip.camera,
+            state: clip.state.as_str(),
+            reason: clip.reason,
+            since: clip.since,
+            first_seen: clip.first_seen,
+            last_seen: clip.last_seen,
+            overdue: clip.overdue,
+            overdue_since: clip.overdue_at,
+        }
+    }
+
+    fn unanswered_view(&self, start: &Unanswered) -> serde_json::Value {
+        let (station_state, _) = self.stations.presence(&start.station);
+        json!({
+            "station": start.station,
+            "command_id": start.command_id,
+            "order": start.order,
+            "seen_at": start.seen_at,
+            "station_state": station_state,
+        })
+    }
+}
+
+/// `GET /v1/overdue`: overdue clips and unanswered starts, by station.
+async fn overdue(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    let (clips, starts) = futures::try_join!(
+        expected::overdue(&state.pool, state.deadlines()),
+        expected::unanswered(&state.pool, None, state.expected.reply_timeout),
+    )?;
+    let mut by_station: std::collections::BTreeMap<String, (Vec<ExpectedView>, Vec<_>)> =
+        std::collections::BTreeMap::new();
+    for clip in clips {
+        let station = clip.station.clone();
+        by_station
+            .entry(station)
+            .or_default()
+            .0
+            .push(state.expected_view(clip));
+    }
+    for start in &starts {
+        by_station
+            .entry(start.station.clone())
+            .or_default()
+            .1
+            .push(state.unanswered_view(start));
+    }
+    let stations: Vec<serde_json::Value> = by_station
+        .into_iter()
+        .map(|(station, (clips, starts))| {
+            let (station_state, station_since) = state.stations.presence(&station);
+            json!({
+                "station": station,
+                "station_state": station_state,
+                "station_since": station_since,
+                "clips": clips,
+                "unanswered_starts": starts,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "overdue_after": humantime::format_duration(state.expected.overdue_after).to_string(),
+        "stations": stations,
+    })))
 }
 
 async fn stations(State(state): State<ApiState>) -> impl IntoResponse {

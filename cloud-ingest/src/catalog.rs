@@ -32,6 +32,7 @@ use futures::future::try_join_all;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_postgres::{Client, NoTls};
 
+use crate::clip_state::{self, ClipState, StateChange};
 use crate::config::PostgresConfig;
 
 /// Embedded migrations, applied in order, each once (`schema_migrations` keeps count).
@@ -42,6 +43,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("../migrations/0003_unroutable_and_retention.sql"),
     ),
+    (4, include_str!("../migrations/0004_expected_clips.sql")),
 ];
 
 /// Advisory lock key that serializes migrations of concurrently starting replicas.
@@ -281,13 +283,14 @@ const ACCEPT_CLIP: &str = "UPDATE clips SET order_id = $2, device = $3, station 
      started_at = $11::text::timestamptz, ended_at = $12::text::timestamptz, status = $13, \
      reason = $14, notification = $15, updated_at = now() WHERE clip_id = $1";
 
-const INSERT_EVENT: &str = "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3) \
+pub(crate) const INSERT_EVENT: &str = "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3) \
      ON CONFLICT (event_id) DO NOTHING";
 
-const INSERT_POISON: &str =
+pub(crate) const INSERT_POISON: &str =
     "INSERT INTO poison (topic, payload, payload_size, error) VALUES ($1, $2, $3, $4)";
 
-/// Records a batch in one transaction: clips (idempotently), their events, poison messages.
+/// Records a batch in one transaction: clips (idempotently), their events, their expected
+/// state ([`clip_state`]), poison messages.
 /// Returns one [`Recorded`] per entry, in order.
 pub async fn commit(
     pool: &Pool,
@@ -357,6 +360,28 @@ pub async fn commit(
         tx.execute_raw(&event, params)
     }))
     .await?;
+    // The clip's expected state moves to the decision (forward only: accepted is final).
+    let at = now.to_string();
+    let states: Vec<StateChange> = changed
+        .iter()
+        .map(|entry| {
+            let u = &entry.uploaded;
+            let (state, reason) = match &entry.decision {
+                Decision::Accepted => (ClipState::Accepted, None),
+                Decision::Rejected(reason) => (ClipState::Rejected, Some(reason.clone())),
+            };
+            StateChange {
+                clip_id: u.clip_id.to_string(),
+                order: u.order.to_string(),
+                station: u.station.to_string(),
+                camera: u.camera.to_string(),
+                state,
+                reason,
+                at: at.clone(),
+            }
+        })
+        .collect();
+    clip_state::record(&tx, &states).await?;
     try_join_all(poison.iter().map(|p| {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&p.topic, &p.payload, &p.payload_size, &p.error];

@@ -6,6 +6,8 @@
 //! ```text
 //! broker ──$share/ingest/cap/{env}/ingest/uploaded──> link task ──unbounded chan──> worker
 //!        ──cap/{env}/station/+/status (retained)───> link task ──> Stations (for the API)
+//!        ──$share/ingest/cap/{env}/station/+/{event,cmd,reply}──> link task ──> Tracker
+//!          (crate::expected: the clips the stations announced, the starts they answered)
 //! worker: batch ─> decode + check ─> verify (HEAD, concurrent) ─> catalog::commit (one tx,
 //!         clips + outbox + poison) ─> wake relay ─> ack every publish ─> confirm to devices
 //! ```
@@ -67,18 +69,48 @@ pub fn mqtt_options(config: &MqttConfig, password: Option<&str>) -> MqttOptions 
     options
 }
 
+/// Where the link sends what it receives.
+#[derive(Debug)]
+pub struct Routes {
+    /// Uploaded notifications.
+    pub to_worker: mpsc::UnboundedSender<Publish>,
+    /// Station events, commands and replies ([`crate::expected::Tracker`]).
+    pub to_tracker: mpsc::UnboundedSender<Publish>,
+    /// Kept current from the retained statuses.
+    pub stations: Arc<Stations>,
+}
+
+/// The subscriptions of every replica: the shared ones (each message to one replica) and
+/// every station's retained status (to every replica).
+pub fn subscriptions(env: &Env) -> Vec<SubscribeFilter> {
+    [
+        topic::uploaded_shared(env),
+        topic::every_status(env),
+        topic::ingest_shared(&topic::every_event(env)),
+        topic::ingest_shared(&topic::every_command(env)),
+        topic::ingest_shared(&topic::every_reply(env)),
+    ]
+    .into_iter()
+    .map(|filter| SubscribeFilter::new(filter, QoS::AtLeastOnce))
+    .collect()
+}
+
 /// Polls the event loop until the client disconnects (or, while the broker is unreachable,
-/// until shutdown): forwards notifications to the worker, keeps [`Stations`] current,
-/// resubscribes on every ConnAck.
+/// until shutdown): forwards notifications to the worker and station messages to the tracker,
+/// keeps [`Stations`] current, resubscribes on every ConnAck.
 pub async fn drive_link(
     mut eventloop: EventLoop,
     client: AsyncClient,
     env: Env,
-    to_worker: mpsc::UnboundedSender<Publish>,
-    stations: Arc<Stations>,
+    routes: Routes,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Routes {
+        to_worker,
+        to_tracker,
+        stations,
+    } = routes;
     let uploaded = topic::uploaded(&env);
     let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_CAP);
     loop {
@@ -98,10 +130,7 @@ pub async fn drive_link(
                     "connected to MQTT broker"
                 );
                 let client = client.clone();
-                let filters = vec![
-                    SubscribeFilter::new(topic::uploaded_shared(&env), QoS::AtLeastOnce),
-                    SubscribeFilter::new(topic::every_status(&env), QoS::AtLeastOnce),
-                ];
+                let filters = subscriptions(&env);
                 tokio::spawn(async move {
                     if let Err(error) = client.subscribe_many(filters).await {
                         tracing::warn!(error = %error, "subscribing failed");
@@ -115,7 +144,18 @@ pub async fn drive_link(
                         break;
                     }
                 } else {
-                    stations.update(&publish.topic, &publish.payload);
+                    match topic::station_topic(&env, &publish.topic) {
+                        Some((_, "event" | "cmd" | "reply")) => {
+                            if to_tracker.send(publish).is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Some((_, "status")) => stations.update(&publish.topic, &publish.payload),
+                        _ => {
+                            tracing::debug!(topic = %publish.topic, "ignoring a message on an unexpected topic")
+                        }
+                    }
                     if let Err(error) = client.try_ack(&publish) {
                         tracing::warn!(error = %error, "acknowledging a status failed");
                     }

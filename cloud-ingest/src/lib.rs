@@ -9,6 +9,8 @@
 //!       ─> catalog::commit (clip row + outbox event, one transaction)
 //!       ─> MQTT ack, confirm to cap/{env}/device/{device}/confirm
 //! outbox relay ─> RabbitMQ exchange capture.events (persistent, confirmed) ─> row marked sent
+//! station events, commands, replies ─> expected (shared subscription) ─> expected_clips
+//!       ─> sweep: overdue clips (clip.overdue via the outbox), unanswered starts
 //! api (axum) ─> auth (service tokens, OIDC JWTs, scopes) ─> catalog, presigned URLs (audited),
 //!                station status; health, readiness, metrics (optionally on their own address)
 //! ```
@@ -20,9 +22,12 @@
 //! Modules, in groups that import only from the groups after them (within a group, only
 //! `api_error` uses `catalog` and `telemetry` uses `rejection`; `scripts/module-graph
 //! cloud-ingest/src` checks that there is no cycle): the tasks [`consumer`] (MQTT link and worker), [`outbox`]
-//! (relay to AMQP), [`retention`] (pruning the outbox and poison tables) and [`api`]; what
+//! (relay to AMQP), [`retention`] (pruning the outbox and poison tables), [`expected`] (the
+//! clips the stations announced: their states, the overdue sweep, unanswered starts) and
+//! [`api`]; what
 //! they call, [`verify`] and [`auth`] (who may call the API: service tokens, OIDC; the `token`
-//! CLI); the shared leaves [`catalog`] (+ `migrations/`), [`api_error`], [`stations`],
+//! CLI); the shared leaves [`catalog`] (+ `migrations/`), [`clip_state`] (how a clip's state
+//! moves, for the catalog and [`expected`]), [`api_error`], [`stations`],
 //! [`shutdown`], [`telemetry`] (metrics) and [`rejection`] (metric labels of rejection
 //! reasons); and at the bottom [`config`] (file, environment overrides, validation, secrets),
 //! [`principal`] (scopes, the authenticated caller) and [`jwa`] (signature algorithms).
@@ -33,8 +38,10 @@ pub mod api;
 pub mod api_error;
 pub mod auth;
 pub mod catalog;
+pub mod clip_state;
 pub mod config;
 pub mod consumer;
+pub mod expected;
 pub mod jwa;
 pub mod outbox;
 pub mod principal;
@@ -145,6 +152,7 @@ pub async fn run(
         stations: stations.clone(),
         metrics: metrics.clone(),
         stalled_after: config.http.stalled_after,
+        expected: config.expected.clone(),
     };
     let metrics_apart = config.http.metrics_listen.clone();
     let mut servers = vec![
@@ -208,19 +216,42 @@ pub async fn run(
         metrics: metrics.clone(),
     };
     let pruning = tokio::spawn(pruner.run(stop.clone()));
+    let sweeper = expected::sweep::Sweeper {
+        env: env.clone(),
+        pool: pool.clone(),
+        config: config.expected.clone(),
+        stations: stations.clone(),
+        metrics: metrics.clone(),
+        wake: wake.clone(),
+    };
+    let sweeping = tokio::spawn(sweeper.run(stop.clone()));
 
     let options = consumer::mqtt_options(&config.mqtt, secrets.mqtt_password.as_deref());
     let (client, eventloop) = AsyncClient::new(options, 10_000);
     let (to_worker, from_link) = mpsc::unbounded_channel();
+    let (to_tracker, from_link_stations) = mpsc::unbounded_channel();
+    let routes = consumer::Routes {
+        to_worker,
+        to_tracker,
+        stations,
+    };
     let link = tokio::spawn(consumer::drive_link(
         eventloop,
         client.clone(),
         env.clone(),
-        to_worker,
-        stations,
+        routes,
         metrics.clone(),
         stop.clone(),
     ));
+    let tracker = expected::Tracker {
+        env: env.clone(),
+        client: client.clone(),
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+        max_batch: config.mqtt.max_batch,
+        poison_payload_max: config.retention.poison_payload_max_bytes,
+    };
+    let tracking = tokio::spawn(tracker.run(from_link_stations, stop.clone()));
     tracing::info!(
         env = %env,
         broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
@@ -242,6 +273,7 @@ pub async fn run(
         poison_payload_max: config.retention.poison_payload_max_bytes,
     };
     worker.run(from_link, stop.clone()).await;
+    let _ = tracking.await;
 
     // Drain: the worker has finished its batch; let the link flush acks and confirms.
     let mut link = link;
@@ -259,6 +291,7 @@ pub async fn run(
         let _ = relay.await;
     }
     let _ = pruning.await;
+    let _ = sweeping.await;
     for server in servers {
         if let Ok(Err(error)) = server.await {
             return Err(RunError::Http(error));

@@ -28,8 +28,15 @@
 //! | `ingest_api_denied_total{status}` | API requests refused: `401` (no or invalid credentials), `403` (scope or environment) |
 //! | `ingest_clip_urls_issued_total` | presigned clip URLs handed out (each one also an audit log event) |
 //! | `ingest_jwks_fetch_failures_total` | failed fetches of the identity provider's keys |
+//! | `ingest_station_messages_total{outcome}` | station events, commands and replies handled ([`StationOutcome`]) |
+//! | `ingest_clips_overdue{station,station_state}` | clips recorded and not accepted within `expected.overdue_after` (last sweep) |
+//! | `ingest_clips_overdue_found_total` | clips found overdue (one `clip.overdue` event each) |
+//! | `ingest_starts_unanswered_total{station}` | `start` commands no station answered within `expected.reply_timeout` (counted once each) |
+//! | `ingest_starts_unanswered{station}` | those of them seen in the last hour (last sweep) |
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -79,6 +86,59 @@ pub struct Metrics {
     pub api_forbidden: AtomicU64,
     pub clip_urls_issued: AtomicU64,
     pub jwks_fetch_failures: AtomicU64,
+    /// Per [`StationOutcome`], in the order of [`StationOutcome::ALL`].
+    pub station_messages: [AtomicU64; StationOutcome::ALL.len()],
+    /// Overdue clips by (station, station state), replaced by every sweep.
+    pub clips_overdue: Mutex<BTreeMap<(String, &'static str), u64>>,
+    pub clips_overdue_found: AtomicU64,
+    /// Unanswered starts by station (a counter per station).
+    pub starts_unanswered: Mutex<BTreeMap<String, u64>>,
+    /// Unanswered starts of the last hour by station, replaced by every sweep.
+    pub starts_unanswered_recent: Mutex<BTreeMap<String, u64>>,
+}
+
+/// What a station message (event, command, reply) was, for `ingest_station_messages_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StationOutcome {
+    /// A clip event that moved (or repeated) a state.
+    State,
+    /// An `abort` answered ok.
+    Abort,
+    /// A `start` command.
+    Start,
+    /// An answer to a `start`.
+    Answer,
+    /// Nothing to record (confirmations, other commands and replies).
+    Ignored,
+    /// An event kind this version does not know (a newer agent's).
+    UnknownEvent,
+    /// Unreadable: recorded in `poison`.
+    Poison,
+}
+
+impl StationOutcome {
+    pub const ALL: [StationOutcome; 7] = [
+        StationOutcome::State,
+        StationOutcome::Abort,
+        StationOutcome::Start,
+        StationOutcome::Answer,
+        StationOutcome::Ignored,
+        StationOutcome::UnknownEvent,
+        StationOutcome::Poison,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            StationOutcome::State => "state",
+            StationOutcome::Abort => "abort",
+            StationOutcome::Start => "start",
+            StationOutcome::Answer => "answer",
+            StationOutcome::Ignored => "ignored",
+            StationOutcome::UnknownEvent => "unknown_event",
+            StationOutcome::Poison => "poison",
+        }
+    }
 }
 
 /// Whether the consumer makes progress, for `/readyz` (definitions in docs/ingest.md,
@@ -156,6 +216,34 @@ impl Metrics {
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one station message.
+    pub fn station_message(&self, outcome: StationOutcome) {
+        if let Some(i) = StationOutcome::ALL.iter().position(|o| *o == outcome) {
+            Self::inc(&self.station_messages[i]);
+        }
+    }
+
+    /// Replaces the overdue gauge with the last sweep's counts.
+    pub fn set_overdue(&self, counts: BTreeMap<(String, &'static str), u64>) {
+        if let Ok(mut gauge) = self.clips_overdue.lock() {
+            *gauge = counts;
+        }
+    }
+
+    /// Replaces the gauge of recent unanswered starts with the last sweep's counts.
+    pub fn set_unanswered(&self, counts: BTreeMap<String, u64>) {
+        if let Ok(mut gauge) = self.starts_unanswered_recent.lock() {
+            *gauge = counts;
+        }
+    }
+
+    /// Counts one unanswered start at `station`.
+    pub fn start_unanswered(&self, station: &str) {
+        if let Ok(mut counters) = self.starts_unanswered.lock() {
+            *counters.entry(station.to_owned()).or_default() += 1;
+        }
     }
 
     /// Counts one rejected clip under the kind of its reason.
@@ -339,7 +427,76 @@ impl Metrics {
              ingest_jwks_fetch_failures_total {}",
             get(&self.jwks_fetch_failures)
         );
+        self.render_expected(&mut out);
         out
+    }
+
+    /// The metrics of the expected clips ([`crate::expected`]). Station ids are safe label
+    /// values (`^[a-z0-9][a-z0-9-]{0,31}$`).
+    fn render_expected(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP ingest_station_messages_total Station events, commands and replies handled, \
+             by outcome.\n\
+             # TYPE ingest_station_messages_total counter"
+        );
+        for (outcome, counter) in StationOutcome::ALL.iter().zip(&self.station_messages) {
+            let _ = writeln!(
+                out,
+                "ingest_station_messages_total{{outcome=\"{}\"}} {}",
+                outcome.label(),
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ingest_clips_overdue Clips recorded and not accepted within \
+             expected.overdue_after, by station and its state (last sweep).\n\
+             # TYPE ingest_clips_overdue gauge"
+        );
+        if let Ok(gauge) = self.clips_overdue.lock() {
+            for ((station, presence), count) in gauge.iter() {
+                let _ = writeln!(
+                    out,
+                    "ingest_clips_overdue{{station=\"{station}\",station_state=\"{presence}\"}} {count}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ingest_clips_overdue_found_total Clips found overdue (one clip.overdue event each).\n\
+             # TYPE ingest_clips_overdue_found_total counter\n\
+             ingest_clips_overdue_found_total {}",
+            self.clips_overdue_found.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ingest_starts_unanswered_total Start commands the station did not answer \
+             within expected.reply_timeout, by station.\n\
+             # TYPE ingest_starts_unanswered_total counter"
+        );
+        if let Ok(counters) = self.starts_unanswered.lock() {
+            for (station, count) in counters.iter() {
+                let _ = writeln!(
+                    out,
+                    "ingest_starts_unanswered_total{{station=\"{station}\"}} {count}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ingest_starts_unanswered Start commands of the last hour the station did \
+             not answer within expected.reply_timeout, by station (last sweep).\n\
+             # TYPE ingest_starts_unanswered gauge"
+        );
+        if let Ok(gauge) = self.starts_unanswered_recent.lock() {
+            for (station, count) in gauge.iter() {
+                let _ = writeln!(
+                    out,
+                    "ingest_starts_unanswered{{station=\"{station}\"}} {count}"
+                );
+            }
+        }
     }
 }
 
@@ -356,6 +513,25 @@ mod tests {
         assert!(text.contains("ingest_notifications_total{outcome=\"accepted\"} 1\n"));
         assert!(text.contains("ingest_up{dependency=\"mqtt\"} 1\n"));
         assert!(text.contains("# TYPE ingest_events_published_total counter\n"));
+    }
+
+    #[test]
+    fn expected_clip_metrics_are_labelled_by_station() {
+        let metrics = Metrics::default();
+        metrics.station_message(StationOutcome::UnknownEvent);
+        metrics.set_overdue(BTreeMap::from([(("pack-03".to_owned(), "offline"), 2)]));
+        metrics.start_unanswered("pack-04");
+        metrics.start_unanswered("pack-04");
+        let text = metrics.render();
+        assert!(text.contains("ingest_station_messages_total{outcome=\"unknown_event\"} 1\n"));
+        assert!(
+            text.contains(
+                "ingest_clips_overdue{station=\"pack-03\",station_state=\"offline\"} 2\n"
+            )
+        );
+        assert!(text.contains("ingest_starts_unanswered_total{station=\"pack-04\"} 2\n"));
+        metrics.set_overdue(BTreeMap::new());
+        assert!(!metrics.render().contains("ingest_clips_overdue{"));
     }
 
     #[test]

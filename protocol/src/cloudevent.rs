@@ -131,6 +131,9 @@ pub enum ClipEventType {
     /// The clip failed verification.
     #[serde(rename = "com.factory.capture.clip.rejected")]
     Rejected,
+    /// A clip the stations announced has not been accepted in time ([`crate::OverdueEvent`]).
+    #[serde(rename = "com.factory.capture.clip.overdue")]
+    Overdue,
 }
 
 impl ClipEventType {
@@ -139,14 +142,16 @@ impl ClipEventType {
         match self {
             ClipEventType::Completed => "com.factory.capture.clip.completed",
             ClipEventType::Rejected => "com.factory.capture.clip.rejected",
+            ClipEventType::Overdue => "com.factory.capture.clip.overdue",
         }
     }
 
-    /// The AMQP routing key: `clip.completed` or `clip.rejected`.
+    /// The AMQP routing key: `clip.completed`, `clip.rejected` or `clip.overdue`.
     pub fn routing_key(self) -> &'static str {
         match self {
             ClipEventType::Completed => "clip.completed",
             ClipEventType::Rejected => "clip.rejected",
+            ClipEventType::Overdue => "clip.overdue",
         }
     }
 }

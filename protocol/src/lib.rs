@@ -32,7 +32,8 @@
 //!    the object, catalogs the clip and answers a [`Confirm`] on
 //!    `cap/{env}/device/{device}/confirm`.
 //! 4. The ingest emits a [`ClipEvent`] (CloudEvents 1.0) to the core system, routing key
-//!    `clip.completed` or `clip.rejected`, with an id stable per clip.
+//!    `clip.completed` or `clip.rejected`, with an id stable per clip; a clip announced by
+//!    its events and not accepted in time gives an [`OverdueEvent`] (`clip.overdue`).
 
 #![forbid(unsafe_code)]
 
@@ -44,6 +45,7 @@ mod event;
 pub mod ids;
 mod meta;
 mod op_name;
+mod overdue;
 mod reply;
 pub mod schema;
 mod status;
@@ -66,6 +68,7 @@ pub use ids::{
 };
 pub use meta::{MAX_META_BYTES, Meta, MetaError};
 pub use op_name::OpName;
+pub use overdue::{OverdueData, OverdueEvent};
 pub use reply::{ErrorCode, Reply, ReplyError};
 pub use status::{Presence, Queue, Recording, Status};
 pub use timestamp::{Timestamp, TimestampError};

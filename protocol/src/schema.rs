@@ -17,7 +17,9 @@
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
 
-use crate::{ClipEvent, Command, Confirm, Event, Reply, ScanEvent, Status, Uploaded};
+use crate::{
+    ClipEvent, Command, Confirm, Event, OverdueEvent, Reply, ScanEvent, Status, Uploaded,
+};
 
 /// Every message schema, with the file name it is committed under.
 pub fn schemas() -> Vec<(&'static str, Schema)> {
@@ -30,6 +32,7 @@ pub fn schemas() -> Vec<(&'static str, Schema)> {
         ("uploaded.json", as_written::<Uploaded>()),
         ("confirm.json", as_written::<Confirm>()),
         ("clip-event.json", as_written::<ClipEvent>()),
+        ("clip-overdue.json", as_written::<OverdueEvent>()),
     ]
 }
 

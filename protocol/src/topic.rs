@@ -46,6 +46,41 @@ pub fn every_status(env: &Env) -> String {
     format!("cap/{env}/station/+/status")
 }
 
+/// `cap/{env}/station/+/event`: the clip events of every station of `env` (subscription
+/// filter).
+pub fn every_event(env: &Env) -> String {
+    format!("cap/{env}/station/+/event")
+}
+
+/// `cap/{env}/station/+/cmd`: the commands to every station of `env` (subscription filter).
+pub fn every_command(env: &Env) -> String {
+    format!("cap/{env}/station/+/cmd")
+}
+
+/// `cap/{env}/station/+/reply`: the replies of every station of `env` (subscription filter).
+pub fn every_reply(env: &Env) -> String {
+    format!("cap/{env}/station/+/reply")
+}
+
+/// `$share/ingest/{filter}`: `filter` as a shared subscription of the ingest replicas, so that
+/// each message goes to one replica (e.g. `$share/ingest/cap/prod/station/+/event`).
+pub fn ingest_shared(filter: &str) -> String {
+    format!("$share/{INGEST_SHARE_GROUP}/{filter}")
+}
+
+/// What a topic of a station (`cap/{env}/station/{station}/{kind}`) is: its station and its
+/// last level (`cmd`, `reply`, `event`, `status`). `None` for any other topic, another
+/// environment or a station id that breaks its rule.
+pub fn station_topic<'t>(env: &Env, topic: &'t str) -> Option<(StationId, &'t str)> {
+    let rest = topic.strip_prefix("cap/")?.strip_prefix(env.as_str())?;
+    let rest = rest.strip_prefix("/station/")?;
+    let (station, kind) = rest.split_once('/')?;
+    if kind.contains('/') {
+        return None;
+    }
+    Some((station.parse().ok()?, kind))
+}
+
 /// `cap/{env}/ingest/uploaded`: uploaded notifications, agent -> ingest (publish here).
 pub fn uploaded(env: &Env) -> String {
     format!("cap/{env}/ingest/uploaded")
@@ -54,7 +89,7 @@ pub fn uploaded(env: &Env) -> String {
 /// `$share/ingest/cap/{env}/ingest/uploaded`: what each ingest replica subscribes to, so that
 /// each notification goes to one replica.
 pub fn uploaded_shared(env: &Env) -> String {
-    format!("$share/{INGEST_SHARE_GROUP}/{}", uploaded(env))
+    ingest_shared(&uploaded(env))
 }
 
 /// `cap/{env}/device/{device}/confirm`: confirmations, ingest -> agent.
@@ -82,5 +117,28 @@ mod tests {
             "$share/ingest/cap/prod/ingest/uploaded"
         );
         assert_eq!(confirm(&env, &device), "cap/prod/device/pi-07/confirm");
+        assert_eq!(every_event(&env), "cap/prod/station/+/event");
+        assert_eq!(every_command(&env), "cap/prod/station/+/cmd");
+        assert_eq!(every_reply(&env), "cap/prod/station/+/reply");
+        assert_eq!(
+            ingest_shared(&every_event(&env)),
+            "$share/ingest/cap/prod/station/+/event"
+        );
+    }
+
+    #[test]
+    fn a_station_topic_names_its_station_and_kind() {
+        let env: Env = "prod".parse().unwrap();
+        let (station, kind) = station_topic(&env, "cap/prod/station/pack-03/event").unwrap();
+        assert_eq!((station.as_str(), kind), ("pack-03", "event"));
+        for other in [
+            "cap/dev/station/pack-03/event",
+            "cap/prod/station/pack-03/event/x",
+            "cap/prod/station/PACK/event",
+            "cap/prod/ingest/uploaded",
+            "cap/prodx/station/pack-03/event",
+        ] {
+            assert!(station_topic(&env, other).is_none(), "{other}");
+        }
     }
 }

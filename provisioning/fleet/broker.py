@@ -20,7 +20,8 @@ not listed. What each account may do (the MQTT protocol v1 of docs/protocol.md):
                              write cap/E/station/S/{reply,event,status}, cap/E/ingest/uploaded
     line                     write cap/E/station/+/cmd
                              read  cap/E/station/+/{reply,event,status}
-    ingest                   read  cap/E/ingest/uploaded (as $share/ingest/...), status
+    ingest                   read  cap/E/ingest/uploaded (as $share/ingest/...), status,
+                                   cap/E/station/+/{event,cmd,reply} (as $share/ingest/...)
                              write cap/E/device/+/confirm
     monitor (this script)    read  cap/E/station/+/status
 
@@ -86,10 +87,15 @@ def account_acl(env, role):
             f"topic read cap/{env}/station/+/event",
             f"topic read cap/{env}/station/+/status",
         ]
+    # The ingest: the uploaded notifications, and every station's status, events, the line's
+    # commands and the stations' replies (read only), for the expected clips.
     return [
         f"topic read cap/{env}/ingest/uploaded",
         f"topic write cap/{env}/device/+/confirm",
         f"topic read cap/{env}/station/+/status",
+        f"topic read cap/{env}/station/+/event",
+        f"topic read cap/{env}/station/+/cmd",
+        f"topic read cap/{env}/station/+/reply",
     ]
 
 

@@ -476,6 +476,16 @@ async fn a_device_account_reaches_only_its_own_station_and_device_topics() -> Re
         topics(&ingest.until_marker("uploaded-by-pi-01").await?),
         ["cap/dev/ingest/uploaded"]
     );
+    // The ingest also reads every station's events, the line's commands and the stations'
+    // replies through its shared subscription (the expected clips); it may not command.
+    for kind in ["event", "cmd", "reply"] {
+        assert_eq!(
+            ingest
+                .subscribe(&format!("$share/ingest/cap/dev/station/+/{kind}"))
+                .await?,
+            granted
+        );
+    }
 
     // pi-01 cannot command another station, nor answer or report for it. Mosquitto drops a
     // denied publish after its PUBACK, so the proof is what the station's own readers get:
@@ -510,6 +520,21 @@ async fn a_device_account_reaches_only_its_own_station_and_device_topics() -> Re
             "cap/dev/station/pack-02/reply".to_owned(),
             "real-reply-from-pack-02".to_owned()
         )]
+    );
+    // The ingest got the real command and reply, not the forged ones.
+    let got = ingest.until_marker("real-reply-from-pack-02").await?;
+    assert_eq!(
+        got,
+        [
+            (
+                "cap/dev/station/pack-02/cmd".to_owned(),
+                "real-cmd-for-pack-02".to_owned()
+            ),
+            (
+                "cap/dev/station/pack-02/reply".to_owned(),
+                "real-reply-from-pack-02".to_owned()
+            )
+        ]
     );
 
     // pi-01 cannot read pi-02's confirmations. Mosquitto's acl_file does not check the

@@ -58,6 +58,9 @@ pub struct Config {
     /// How long sent events and poison rows are kept.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// When a clip the stations announced counts as overdue, and a start as unanswered.
+    #[serde(default)]
+    pub expected: ExpectedConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +287,40 @@ pub struct RetentionConfig {
     pub poison_payload_max_bytes: usize,
 }
 
+/// Expected clips (docs/ingest.md, "Expected clips").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedConfig {
+    /// A clip recorded (or uploaded) and not accepted this long after the ingest first knew it
+    /// recorded is overdue: its `clip.overdue` event is emitted and the gauge counts it.
+    #[serde(default = "default_overdue_after", deserialize_with = "human_duration")]
+    pub overdue_after: Duration,
+    /// A clip still recording after `overdue_after` plus this is overdue too (the station
+    /// never said it stopped). Above the agents' `max_secs`.
+    #[serde(default = "default_max_recording", deserialize_with = "human_duration")]
+    pub max_recording: Duration,
+    /// A `start` without an answer from its station for this long is reported.
+    #[serde(default = "default_reply_timeout", deserialize_with = "human_duration")]
+    pub reply_timeout: Duration,
+    /// How often every replica sweeps (also once at start).
+    #[serde(
+        default = "default_sweep_interval",
+        deserialize_with = "human_duration"
+    )]
+    pub sweep_interval: Duration,
+}
+
+impl Default for ExpectedConfig {
+    fn default() -> Self {
+        Self {
+            overdue_after: default_overdue_after(),
+            max_recording: default_max_recording(),
+            reply_timeout: default_reply_timeout(),
+            sweep_interval: default_sweep_interval(),
+        }
+    }
+}
+
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
@@ -365,6 +402,18 @@ fn default_prune_interval() -> Duration {
 }
 fn default_poison_payload_max_bytes() -> usize {
     64 << 10
+}
+fn default_overdue_after() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_max_recording() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_reply_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_sweep_interval() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_algorithms() -> Vec<String> {
     vec!["RS256".to_owned()]

@@ -187,6 +187,28 @@ impl Config {
                 format!("must be 1024..{}", MAX_PACKET_BYTES),
             );
         }
+        let expected = &self.expected;
+        for (key, value) in [
+            ("expected.overdue_after", expected.overdue_after),
+            ("expected.max_recording", expected.max_recording),
+            ("expected.reply_timeout", expected.reply_timeout),
+        ] {
+            if value < Duration::from_secs(1) {
+                problem(key, "must be at least 1s".to_owned());
+            }
+        }
+        if expected.sweep_interval < Duration::from_millis(100) {
+            problem(
+                "expected.sweep_interval",
+                "must be at least 100ms".to_owned(),
+            );
+        } else if expected.sweep_interval > expected.overdue_after {
+            problem(
+                "expected.sweep_interval",
+                "must not exceed expected.overdue_after (overdue clips would be found late)"
+                    .to_owned(),
+            );
+        }
         if let Some(oidc) = &self.auth.oidc {
             oidc.validate(&mut problem);
         }
@@ -378,6 +400,8 @@ mod tests {
         assert_eq!(config.retention.sent_events, Duration::from_secs(7 * 86400));
         assert_eq!(config.retention.poison, Duration::from_secs(30 * 86400));
         assert_eq!(config.retention.poison_payload_max_bytes, 65536);
+        assert_eq!(config.expected.overdue_after, Duration::from_secs(3600));
+        assert_eq!(config.expected.reply_timeout, Duration::from_secs(30));
         // A file without the new keys (an older config) gets the same defaults.
         let without: String = DEFAULT_CONFIG
             .lines()
@@ -393,6 +417,11 @@ mod tests {
                     "poison =",
                     "interval =",
                     "poison_payload_max_bytes",
+                    "[expected]",
+                    "overdue_after",
+                    "max_recording",
+                    "reply_timeout",
+                    "sweep_interval",
                 ]
                 .iter()
                 .any(|k| l.starts_with(k))
@@ -402,6 +431,7 @@ mod tests {
         let older = Config::parse(&without, &[]).unwrap();
         assert_eq!(older.retention.sent_events, config.retention.sent_events);
         assert_eq!(older.store.attempt_timeout, config.store.attempt_timeout);
+        assert_eq!(older.expected.overdue_after, config.expected.overdue_after);
 
         let text = DEFAULT_CONFIG
             .replace(r#"attempt_timeout = "30s""#, r#"attempt_timeout = "3m""#)
@@ -418,7 +448,9 @@ mod tests {
             .replace(
                 "poison_payload_max_bytes = 65536",
                 "poison_payload_max_bytes = 10",
-            );
+            )
+            .replace(r#"reply_timeout = "30s""#, r#"reply_timeout = "0s""#)
+            .replace(r#"sweep_interval = "30s""#, r#"sweep_interval = "2h""#);
         let problems = Config::parse(&text, &[]).unwrap_err().problems();
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
@@ -430,6 +462,8 @@ mod tests {
                 "http.stalled_after",
                 "retention.sent_events",
                 "retention.poison_payload_max_bytes",
+                "expected.reply_timeout",
+                "expected.sweep_interval",
             ],
             "{problems:?}"
         );
