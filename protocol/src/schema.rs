@@ -17,9 +17,7 @@
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
 
-use crate::{
-    ClipEvent, Command, Confirm, Event, OverdueEvent, Reply, ScanEvent, Status, Uploaded,
-};
+use crate::{ClipEvent, Command, Confirm, Event, OverdueEvent, Reply, ScanEvent, Status, Uploaded};
 
 /// Every message schema, with the file name it is committed under.
 pub fn schemas() -> Vec<(&'static str, Schema)> {
