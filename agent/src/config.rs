@@ -13,6 +13,9 @@
 //!
 //! Secrets are read from files only ([`Config::secrets`]), so the config file itself holds
 //! nothing secret and may be world-readable.
+//!
+//! Size: about 530 lines of sections and their checks; the rest is the tests of every
+//! refusal, beside the keys they check.
 
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;

@@ -29,6 +29,7 @@
 //! ([`reconcile`]) settles from the files on disk: a cut recording is sealed and queued
 //! (truncated), a recording that never reached the disk is marked failed with an event.
 
+mod actions;
 mod commands;
 mod http;
 pub mod reconcile;
@@ -99,7 +100,7 @@ struct Daemon {
     /// Stops in progress: post-roll, EOS and the seal (hashing, a remux) of each clip run
     /// here, off the loop, however long a clip is; the loop commits each result as it
     /// comes (`on_sealed`).
-    sealing: tokio::task::JoinSet<commands::SealOutcome>,
+    sealing: tokio::task::JoinSet<actions::SealOutcome>,
     /// The packer's barcode scanner, when `[scanner]` is configured.
     scanner: Option<scans::ScannerState>,
 }
