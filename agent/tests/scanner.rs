@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use capture_agent::spool::{self, ClipRow, ClipState, clips};
-use capture_tests::fixtures::{Agent, AgentOptions, Mosquitto, MqttClient, unique_name};
+use capture_tests::fixtures::{
+    Agent, AgentOptions, Garage, Mosquitto, MqttClient, StoreOptions, unique_name,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -17,6 +19,7 @@ const CMD: &str = "cap/test/station/pack-01/cmd";
 const REPLY: &str = "cap/test/station/pack-01/reply";
 const EVENT: &str = "cap/test/station/pack-01/event";
 const STATUS: &str = "cap/test/station/pack-01/status";
+const UPLOADED: &str = "cap/test/ingest/uploaded";
 
 /// The scanner: the master end of a pty (what the test types into) and the slave, held open.
 struct Scanner {
@@ -214,6 +217,58 @@ async fn scans_start_mark_items_and_stop_an_order_and_bad_scans_are_refused() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_scans_during_a_recording_are_kept_with_its_clip_and_carried_by_its_uploaded_notification()
+ {
+    let mut scanner = Scanner::new();
+    let garage = Garage::start().await.expect("garage");
+    let settings = garage.settings();
+    let (broker, agent, mut line) = station(&scanner, |o| {
+        o.store = StoreOptions {
+            endpoint: garage.endpoint(),
+            region: settings.region.clone(),
+            bucket: garage.bucket().into(),
+            access_key_id: settings.access_key_id.clone(),
+            secret_access_key: settings.secret_access_key.clone(),
+        };
+    })
+    .await;
+    let mut ingest = MqttClient::connect(
+        broker.host(),
+        broker.port(),
+        &unique_name("ingest"),
+        &[UPLOADED],
+    )
+    .await
+    .expect("the ingest's observer connects");
+
+    scanner.scan("SO-ITEMS");
+    let started = event(&mut line, "scan_started").await;
+    let clip_id = started["clips"][0].clone();
+    let mut scanned = Vec::new();
+    for code in ["4006381333931", "ITEM-2"] {
+        scanner.scan(code);
+        let item = event(&mut line, "item_scanned").await;
+        assert_eq!(item["code"], code);
+        scanned.push(json!({"code": code, "at": item["at"]}));
+    }
+    scanner.scan("CTL-STOP");
+    event(&mut line, "scan_stopped").await;
+
+    let row = wait_sealed(&agent, &clip_id).await;
+    let kept: Value = serde_json::from_str(row.items.as_deref().expect("items in the spool"))
+        .expect("the spool's items are JSON");
+    assert_eq!(kept, json!(scanned));
+    let notification = ingest
+        .next_json("the clip's uploaded notification", UPLOADED, WAIT, |n| {
+            n["clip_id"] == clip_id
+        })
+        .await
+        .expect("the clip is uploaded and announced");
+    assert_eq!(notification["order"], "SO-ITEMS");
+    assert_eq!(notification["items"], json!(scanned), "{notification}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,7 @@ async fn main() -> Result<()> {
                     clock_synced: true,
                     meta: Default::default(),
                     etag: Some(etag.clone()),
+                    items: Vec::new(),
                 };
                 let mut put = s3
                     .put_object()

@@ -44,6 +44,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../migrations/0003_unroutable_and_retention.sql"),
     ),
     (4, include_str!("../migrations/0004_expected_clips.sql")),
+    (5, include_str!("../migrations/0005_clip_items.sql")),
 ];
 
 /// Advisory lock key that serializes migrations of concurrently starting replicas.
@@ -271,9 +272,9 @@ impl Recorded {
 }
 
 const INSERT_CLIP: &str = "INSERT INTO clips (clip_id, order_id, device, station, camera, kind, \
-     bucket, object_key, size, sha256, started_at, ended_at, status, reason, notification) \
+     bucket, object_key, size, sha256, started_at, ended_at, status, reason, notification, items) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::timestamptz, \
-     $12::text::timestamptz, $13, $14, $15) \
+     $12::text::timestamptz, $13, $14, $15, $16::text::jsonb) \
      ON CONFLICT (clip_id) DO NOTHING RETURNING 1";
 
 const LOCK_CLIP: &str = "SELECT status, reason FROM clips WHERE clip_id = $1 FOR UPDATE";
@@ -281,7 +282,8 @@ const LOCK_CLIP: &str = "SELECT status, reason FROM clips WHERE clip_id = $1 FOR
 const ACCEPT_CLIP: &str = "UPDATE clips SET order_id = $2, device = $3, station = $4, \
      camera = $5, kind = $6, bucket = $7, object_key = $8, size = $9, sha256 = $10, \
      started_at = $11::text::timestamptz, ended_at = $12::text::timestamptz, status = $13, \
-     reason = $14, notification = $15, updated_at = now() WHERE clip_id = $1";
+     reason = $14, notification = $15, items = $16::text::jsonb, updated_at = now() \
+     WHERE clip_id = $1";
 
 pub(crate) const INSERT_EVENT: &str = "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3) \
      ON CONFLICT (event_id) DO NOTHING";
@@ -409,6 +411,8 @@ struct ClipParams {
     status: &'static str,
     reason: Option<String>,
     raw: String,
+    /// The notification's `items`, as JSON text (`[]` when none).
+    items: String,
 }
 
 impl From<&Entry> for ClipParams {
@@ -434,12 +438,13 @@ impl From<&Entry> for ClipParams {
             status,
             reason,
             raw: entry.raw.clone(),
+            items: serde_json::to_string(&u.items).unwrap_or_else(|_| "[]".to_owned()),
         }
     }
 }
 
 impl ClipParams {
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 15] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 16] {
         [
             &self.clip_id,
             &self.order,
@@ -456,6 +461,7 @@ impl ClipParams {
             &self.status,
             &self.reason,
             &self.raw,
+            &self.items,
         ]
     }
 }

@@ -135,6 +135,93 @@ async fn an_uploaded_clip_is_cataloged_announced_and_confirmed() -> Result<()> {
 }
 
 #[tokio::test]
+async fn item_scans_reach_the_catalog_the_api_and_the_event_and_old_notifications_still_work()
+-> Result<()> {
+    let stack = Stack::start().await?;
+    let mut core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;
+    let config = stack.config(&core.names.exchange, "")?;
+    let mut ingest = Ingest::start(config.clone()).await?;
+    ingest.wait_ready().await?;
+    ingest.authorize(&config).await?;
+    let mut device = Device::connect(&stack.broker, "pi-07").await?;
+    let items = json!([
+        {"code":"4006381333931","at":"2026-11-23T10:00:05.123Z"},
+        {"code":"ITEM-2","at":"2026-11-23T10:00:09Z"}
+    ]);
+
+    // A new agent's notification with items, and an old agent's without the field.
+    let (content, mut scanned) = clip("SO-ITEMS-1", 2000);
+    scanned.items = serde_json::from_value(items.clone())?;
+    put(&stack.garage, &mut scanned, content).await?;
+    let (content, mut old) = clip("SO-ITEMS-1", 3000);
+    put(&stack.garage, &mut old, content).await?;
+    // Without items the notification is exactly what agents before them send.
+    let old_payload = serde_json::to_vec(&old)?;
+    assert!(!String::from_utf8_lossy(&old_payload).contains("items"));
+    for (uploaded, payload) in [
+        (&scanned, serde_json::to_vec(&scanned)?),
+        (&old, old_payload),
+    ] {
+        device.publish_raw(payload).await?;
+        let confirm = device.confirm_of(&uploaded.clip_id).await?;
+        assert_eq!(confirm.verdict, Verdict::Accepted, "{:?}", confirm);
+    }
+
+    let mut events = Vec::new();
+    for _ in 0..2 {
+        let (routing_key, event) = core.next_event_as::<serde_json::Value>(DEADLINE).await?;
+        assert_eq!(routing_key, "clip.completed");
+        events.push(event);
+    }
+    let data_of = |clip: &capture_protocol::Uploaded| {
+        events
+            .iter()
+            .find(|e| e["data"]["clip_id"] == json!(clip.clip_id.as_str()))
+            .map(|e| e["data"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(data_of(&scanned)["items"], items);
+    let old_data = data_of(&old);
+    assert_eq!(old_data["clip_id"], json!(old.clip_id.as_str()));
+    assert!(old_data.get("items").is_none(), "{old_data}");
+
+    let db = stack.db.connect().await?;
+    for (clip, expected) in [(&scanned, items.clone()), (&old, json!([]))] {
+        let stored: String = db
+            .query_one(
+                "SELECT items::text FROM clips WHERE clip_id = $1",
+                &[&clip.clip_id.as_str()],
+            )
+            .await?
+            .get(0);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&stored)?,
+            expected
+        );
+    }
+
+    let (code, body) = ingest.get_json("/v1/orders/SO-ITEMS-1/clips").await?;
+    assert_eq!(code, 200, "{body}");
+    let clips = body["clips"].as_array().cloned().unwrap_or_default();
+    let view = |clip: &capture_protocol::Uploaded| {
+        clips
+            .iter()
+            .find(|c| c["clip_id"] == json!(clip.clip_id.as_str()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(view(&scanned)["items"], items, "{body}");
+    assert_eq!(view(&old)["status"], json!("accepted"), "{body}");
+    assert!(view(&old).get("items").is_none(), "{body}");
+    let (_, one) = ingest
+        .get_json(&format!("/v1/clips/{}", scanned.clip_id))
+        .await?;
+    assert_eq!(one["items"], items);
+    ingest.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_uploads_are_rejected_and_the_service_keeps_working() -> Result<()> {
     let stack = Stack::start().await?;
     let mut core = CoreSystem::bind(&stack.rabbit, stack.rabbit.names()).await?;

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::literal_string;
 use crate::{
-    CameraName, ClipId, ClipKind, Env, Meta, OrderId, Sha256Hex, StationId, Timestamp, Uploaded,
+    CameraName, ClipId, ClipKind, Env, ItemScan, Meta, OrderId, Sha256Hex, StationId, Timestamp,
+    Uploaded,
 };
 
 /// The AMQP topic exchange the events are published to (durable).
@@ -187,6 +188,10 @@ pub struct ClipData {
     pub truncated: bool,
     /// The `meta` of the command, unchanged.
     pub meta: Meta,
+    /// The item scans recorded on the clip (barcodes scanned at the station while it
+    /// recorded), as in its uploaded notification. Optional: omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<ItemScan>,
     /// Why the clip was rejected (`clip.rejected` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -209,6 +214,7 @@ impl From<&Uploaded> for ClipData {
             ended_at: uploaded.ended_at,
             truncated: uploaded.truncated,
             meta: uploaded.meta.clone(),
+            items: uploaded.items.clone(),
             reason: None,
         }
     }
@@ -248,6 +254,25 @@ mod tests {
         let rejected = ClipEvent::rejected(&prod(), &example(), "sha256 mismatch", at());
         assert_ne!(first.id, rejected.id);
         assert_eq!(rejected.id, "01JDQ3Z8M4X5V6W7Y8Z9A0B1C2:clip.rejected");
+    }
+
+    #[test]
+    fn item_scans_are_carried_into_the_data_and_omitted_when_none() {
+        let mut uploaded = example();
+        uploaded.items = vec![crate::ItemScan {
+            code: "4006381333931".into(),
+            at: "2026-11-23T10:00:05.123Z".parse().unwrap(),
+        }];
+        let event = ClipEvent::completed(&prod(), &uploaded, at());
+        let value = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            value["data"]["items"],
+            json!([{"code":"4006381333931","at":"2026-11-23T10:00:05.123Z"}])
+        );
+        let text = serde_json::to_string(&event).unwrap();
+        assert_eq!(serde_json::from_str::<ClipEvent>(&text).unwrap(), event);
+        let none = serde_json::to_value(ClipEvent::completed(&prod(), &example(), at())).unwrap();
+        assert!(none["data"].get("items").is_none(), "{none}");
     }
 
     #[test]

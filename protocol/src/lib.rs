@@ -43,6 +43,7 @@ mod command;
 mod confirm;
 mod event;
 pub mod ids;
+pub mod item;
 mod meta;
 mod op_name;
 mod overdue;
@@ -66,6 +67,7 @@ pub use event::{Event, EventKind, ScanEvent, ScanEventKind};
 pub use ids::{
     CameraName, ClipId, CommandId, DeviceId, Env, IdKind, InvalidId, OrderId, Sha256Hex, StationId,
 };
+pub use item::{ItemScan, MAX_ITEMS};
 pub use meta::{MAX_META_BYTES, Meta, MetaError};
 pub use op_name::OpName;
 pub use overdue::{OverdueData, OverdueEvent};

@@ -19,6 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::clip::{OBJECT_METADATA_KEYS, object_key};
+use crate::item::{ItemScan, MAX_ITEMS, fit_items, items_budget};
 use crate::wire::decode;
 use crate::{
     CameraName, ClipId, ClipKind, DecodeError, DeviceId, Env, Meta, OrderId, ProtocolV1, Sha256Hex,
@@ -76,6 +77,13 @@ pub struct Uploaded {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9a-f]{32}(-[1-9][0-9]{0,4})?$"))]
     pub etag: Option<String>,
+    /// The item scans recorded while the clip was recording, in the order they were read:
+    /// at most 1000, and only as many as keep the notification within 64 KiB (the earliest;
+    /// the others are in the station's `item_scanned` events). Optional: omitted when there
+    /// are none, and agents before it send none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub items: Vec<ItemScan>,
 }
 
 impl Uploaded {
@@ -94,6 +102,16 @@ impl Uploaded {
             (camera, self.camera.as_str()),
             (clip_id, self.clip_id.as_str()),
         ]
+    }
+
+    /// Cuts [`Uploaded::items`] to the earliest that keep the notification within
+    /// [`crate::MAX_PAYLOAD_BYTES`] (and [`MAX_ITEMS`]); returns how many were left out.
+    pub fn fit_items(&mut self) -> usize {
+        let mut items = std::mem::take(&mut self.items);
+        let without = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
+        let left_out = fit_items(&mut items, items_budget(without));
+        self.items = items;
+        left_out
     }
 
     /// Checks what the fields imply about each other, for environment `env`.
@@ -119,6 +137,24 @@ impl Uploaded {
             return Err(UploadedError::BadEtag {
                 clip_id: self.clip_id.clone(),
                 etag: etag.clone(),
+            });
+        }
+        if self.items.len() > MAX_ITEMS {
+            return Err(UploadedError::TooManyItems {
+                clip_id: self.clip_id.clone(),
+                count: self.items.len(),
+            });
+        }
+        if let Some((index, problem)) = self
+            .items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| item.problem().map(|p| (i, p)))
+        {
+            return Err(UploadedError::BadItem {
+                clip_id: self.clip_id.clone(),
+                index,
+                problem,
             });
         }
         if self.ended_at < self.started_at {
@@ -179,6 +215,24 @@ pub enum UploadedError {
         clip_id: ClipId,
         /// The value sent.
         etag: String,
+    },
+    /// More than [`MAX_ITEMS`] item scans.
+    #[error("clip {clip_id}: {count} item scans, more than the 1000 a clip carries")]
+    TooManyItems {
+        /// The clip.
+        clip_id: ClipId,
+        /// How many were sent.
+        count: usize,
+    },
+    /// An item scan's code is empty, too long or holds control characters.
+    #[error("clip {clip_id}: the code of item {index} {problem}")]
+    BadItem {
+        /// The clip.
+        clip_id: ClipId,
+        /// Its place in `items`, from 0.
+        index: usize,
+        /// What is wrong with it.
+        problem: &'static str,
     },
     /// `ended_at` is before `started_at`.
     #[error("clip {clip_id}: ends at {ended_at}, before it starts at {started_at}")]
@@ -254,6 +308,99 @@ pub(crate) mod tests {
                 "{bad}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn items_are_optional_round_trip_and_are_checked() {
+        assert!(example().items.is_empty(), "agents before items send none");
+        let items = json!([
+            {"code":"4006381333931","at":"2026-11-23T10:00:05.123Z"},
+            {"code":"ITEM-2","at":"2026-11-23T10:00:09Z"}
+        ]);
+        let payload = with("items", items.clone());
+        let uploaded = parse_uploaded(&payload, &prod()).unwrap();
+        assert_eq!(uploaded.items.len(), 2);
+        assert_eq!(uploaded.items[0].code, "4006381333931");
+        let written = serde_json::to_string(&uploaded).unwrap();
+        assert!(
+            written.ends_with(&format!(r#""meta":{{}},"items":{items}}}"#)),
+            "{written}"
+        );
+        assert_eq!(
+            parse_uploaded(written.as_bytes(), &prod()).unwrap(),
+            uploaded
+        );
+        // Empty is omitted: the notification reads as an old agent's.
+        let empty = parse_uploaded(&with("items", json!([])), &prod()).unwrap();
+        assert_eq!(serde_json::to_string(&empty).unwrap(), EXAMPLE);
+
+        for (bad, expected) in [
+            (json!([{"code":"","at":"2026-11-23T10:00:05Z"}]), "is empty"),
+            (
+                json!([{"code":"A\u{1b}B","at":"2026-11-23T10:00:05Z"}]),
+                "control",
+            ),
+            (
+                json!([{"code":"9".repeat(257),"at":"2026-11-23T10:00:05Z"}]),
+                "longer",
+            ),
+        ] {
+            let error = parse_uploaded(&with("items", bad), &prod()).unwrap_err();
+            assert!(
+                matches!(error, UploadedError::BadItem { index: 0, .. }),
+                "{error}"
+            );
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        let missing_at = with("items", json!([{"code":"X"}]));
+        assert!(matches!(
+            parse_uploaded(&missing_at, &prod()),
+            Err(UploadedError::Decode(_))
+        ));
+        let many: Vec<Value> = (0..1001)
+            .map(|i| json!({"code": format!("{i}"), "at": "2026-11-23T10:00:05Z"}))
+            .collect();
+        let error = parse_uploaded(&with("items", json!(many)), &prod()).unwrap_err();
+        assert!(
+            matches!(error, UploadedError::TooManyItems { count: 1001, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn fitting_items_keeps_the_notification_within_the_payload_limit() {
+        let mut uploaded = example();
+        let at: crate::Timestamp = "2026-11-23T10:00:05.123Z".parse().unwrap();
+        // 256-character codes: far fewer than 1000 fit in 64 KiB.
+        uploaded.items = (0..1000)
+            .map(|i| ItemScan {
+                code: format!("{i:0256}"),
+                at,
+            })
+            .collect();
+        let left_out = uploaded.fit_items();
+        let size = serde_json::to_vec(&uploaded).unwrap().len();
+        assert!(size <= crate::MAX_PAYLOAD_BYTES, "{size}");
+        assert!(left_out > 700 && left_out < 1000, "{left_out}");
+        assert_eq!(uploaded.items.len() + left_out, 1000);
+        assert_eq!(uploaded.items[0].code, format!("{:0256}", 0));
+        // One more would not have fit.
+        let next = serde_json::to_vec(&ItemScan {
+            code: "0".repeat(256),
+            at,
+        })
+        .unwrap()
+        .len();
+        assert!(size + next + 1 > crate::MAX_PAYLOAD_BYTES);
+        assert!(parse_uploaded(&serde_json::to_vec(&uploaded).unwrap(), &prod()).is_ok());
+
+        let mut small = example();
+        small.items = vec![ItemScan {
+            code: "4006381333931".into(),
+            at,
+        }];
+        assert_eq!(small.fit_items(), 0);
+        assert_eq!(small.items.len(), 1);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! back to exactly what the docs show.
 
 use capture_protocol::{
-    ClipEvent, Confirm, Env, Event, Reply, Status, Timestamp, Uploaded, parse_command,
+    ClipEvent, Confirm, Env, Event, OverdueEvent, Reply, ScanEvent, Status, Timestamp, Uploaded,
+    parse_command,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -89,12 +90,16 @@ fn every_json_example_is_a_message_that_round_trips() {
     assert!(examples.len() >= 15);
     for example in &examples {
         let has = |field: &str| example.get(field).is_some();
-        if has("specversion") {
+        if example["type"] == "com.factory.capture.clip.overdue" {
+            assert_round_trips::<OverdueEvent>(example);
+        } else if has("specversion") {
             assert_round_trips::<ClipEvent>(example);
         } else if has("ok") {
             assert_round_trips::<Reply>(example);
         } else if has("state") {
             assert_round_trips::<Status>(example);
+        } else if has("scan_id") {
+            assert_round_trips::<ScanEvent>(example);
         } else if has("event") {
             assert_round_trips::<Event>(example);
         } else if has("status") {

@@ -56,6 +56,8 @@ pub struct SystemOptions {
     pub store_extra: String,
     /// The agent's `disk.max_bytes`, when not the default.
     pub max_bytes: Option<String>,
+    /// Extra TOML at the end of the agent's configuration (e.g. a `[scanner]` table).
+    pub extra_toml: String,
 }
 
 /// The catalog's PostgreSQL.
@@ -126,6 +128,7 @@ impl System {
         agent_options.station = STATION.into();
         agent_options.cameras = CAMERAS.iter().map(|c| (*c).to_owned()).collect();
         agent_options.agent_extra = options.agent_extra;
+        agent_options.extra_toml = options.extra_toml;
         agent_options.store = StoreOptions {
             endpoint: cloud.garage.endpoint(),
             region: store.region.clone(),

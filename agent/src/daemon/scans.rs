@@ -7,8 +7,9 @@
 //! 2. recorded in the spool's inbox (the raw line and when it was read), so a scan read
 //!    before a crash is decided at the next start ([`Daemon::decide_recorded_scan`]);
 //! 3. decided by the station ([`crate::scanner::decide::decide`]); the decision (its
-//!    [`ScanEvent`] in place of a reply, the clip rows, the clip events) is committed in one
-//!    transaction;
+//!    [`ScanEvent`] in place of a reply, the clip rows, the clip events, and for an item scan
+//!    the item on each clip recording, which its uploaded notification carries) is committed
+//!    in one transaction;
 //! 4. carried out through the cameras, and the outbox is flushed: the events reach the line
 //!    now, or, while the broker is unreachable, in the order they were committed once the
 //!    link is back.
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Daemon;
 use crate::scanner::{Rules, ScanEffect, Scanned, decide, idle_stop, shown};
-use crate::spool::{self, Decided, OutboxMessage, inbox};
+use crate::spool::{self, ClipItem, Decided, OutboxMessage, inbox};
 use crate::station::{Action, Conditions};
 
 /// The prefix of the command ids the station gives its scans. A line command may use it too:
@@ -191,9 +192,19 @@ impl Daemon {
                 (decided, decision.actions)
             }
             ScanEffect::Item { order, clips, .. } => {
+                // Kept with every clip of the recording, in this decision's transaction.
+                let mut decided = self.scan_decided(&id);
+                decided.items = clips
+                    .iter()
+                    .map(|clip_id| ClipItem {
+                        clip_id: clip_id.to_string(),
+                        code: code.to_owned(),
+                        at: record.at.to_string(),
+                    })
+                    .collect();
                 event.order = Some(order);
                 event.clips = clips;
-                (self.scan_decided(&id), Vec::new())
+                (decided, Vec::new())
             }
             ScanEffect::Refused { reason, message } => {
                 event.kind = refused(reason, message);

@@ -101,6 +101,9 @@ pub struct ClipRow {
     pub truncated: bool,
     pub clock_synced: bool,
     pub meta: Option<String>,
+    /// The item scans recorded on the clip, as JSON text (an array of `{"code", "at"}`,
+    /// [`capture_protocol::ItemScan`]); `None` when there are none.
+    pub items: Option<String>,
     pub attempts: i64,
     pub last_error: Option<String>,
     pub bytes_sent: i64,
@@ -109,7 +112,7 @@ pub struct ClipRow {
 
 const COLUMNS: &str = "clip_id, order_id, camera, kind, state, path, started_at, ended_at, \
      duration_ms, preroll_ms, size, sha256, truncated, clock_synced, meta, attempts, last_error, \
-     bytes_sent, updated_at, part_size, part_md5s";
+     bytes_sent, updated_at, part_size, part_md5s, items";
 
 /// A row as read: the clip, its state's name and its stored part digests, both checked by
 /// [`with_state`].
@@ -137,6 +140,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
             truncated: row.get(12)?,
             clock_synced: row.get(13)?,
             meta: row.get(14)?,
+            items: row.get(21)?,
             attempts: row.get(15)?,
             last_error: row.get(16)?,
             bytes_sent: row.get(17)?,
@@ -196,6 +200,36 @@ pub fn get(connection: &Connection, clip_id: &str) -> Result<Option<ClipRow>, Sp
         .optional()?
         .map(with_state)
         .transpose()
+}
+
+/// An item scan to record on a clip ([`add_item`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClipItem {
+    pub clip_id: String,
+    /// The barcode.
+    pub code: String,
+    /// When it was read (RFC 3339).
+    pub at: String,
+}
+
+/// Appends an item scan to its clip's items, unless the clip holds
+/// [`capture_protocol::MAX_ITEMS`] already (or does not exist). False when it was not
+/// appended.
+pub fn add_item(connection: &Connection, item: &ClipItem) -> Result<bool, SpoolError> {
+    let changed = connection.execute(
+        "UPDATE clips SET items = json_insert(coalesce(items, '[]'), '$[#]',
+                                              json_object('code', ?2, 'at', ?3)),
+                          updated_at = ?4
+         WHERE clip_id = ?1 AND json_array_length(coalesce(items, '[]')) < ?5",
+        params![
+            item.clip_id,
+            item.code,
+            item.at,
+            now_text(),
+            capture_protocol::MAX_ITEMS as i64
+        ],
+    )?;
+    Ok(changed == 1)
 }
 
 pub fn set_state(
@@ -405,6 +439,34 @@ pub fn oldest_unconfirmed(connection: &Connection) -> Result<Option<String>, Spo
 pub(crate) mod tests {
     use super::*;
     use crate::spool::test_support::database;
+
+    #[test]
+    fn item_scans_are_appended_in_order_up_to_the_most_a_clip_carries() {
+        let (_dir, connection) = database();
+        insert(&connection, &new_clip("A")).unwrap();
+        assert_eq!(get(&connection, "A").unwrap().unwrap().items, None);
+        let item = |i: usize| ClipItem {
+            clip_id: "A".into(),
+            code: format!("I-{i}"),
+            at: "2026-11-23T10:00:05.123Z".into(),
+        };
+        for i in 0..capture_protocol::MAX_ITEMS {
+            assert!(add_item(&connection, &item(i)).unwrap(), "item {i}");
+        }
+        assert!(!add_item(&connection, &item(1000)).unwrap(), "one too many");
+        let nobody = ClipItem {
+            clip_id: "B".into(),
+            ..item(0)
+        };
+        assert!(!add_item(&connection, &nobody).unwrap());
+        let row = get(&connection, "A").unwrap().unwrap();
+        let items: Vec<capture_protocol::ItemScan> =
+            serde_json::from_str(row.items.as_deref().unwrap()).unwrap();
+        assert_eq!(items.len(), capture_protocol::MAX_ITEMS);
+        assert_eq!(items[0].code, "I-0");
+        assert_eq!(items[999].code, "I-999");
+        assert_eq!(items[0].at.to_string(), "2026-11-23T10:00:05.123Z");
+    }
 
     pub(crate) fn new_clip(clip_id: &str) -> NewClip {
         NewClip {

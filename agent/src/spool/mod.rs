@@ -40,7 +40,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-pub use clips::{ClipRow, ClipState, NewClip, Sealed};
+pub use clips::{ClipItem, ClipRow, ClipState, NewClip, Sealed};
 pub use inbox::Received;
 pub use multipart::{MultipartRow, PartRow};
 pub use outbox::{OutboxMessage, Pending};
@@ -181,6 +181,8 @@ pub struct Decided {
     pub new_clips: Vec<NewClip>,
     /// Clips whose state the command changed (stop seals them later; abort ends them).
     pub clip_states: Vec<(String, ClipState)>,
+    /// Item scans to record on the clips recording (a scan that is no command).
+    pub items: Vec<ClipItem>,
     pub messages: Vec<OutboxMessage>,
 }
 
@@ -193,6 +195,16 @@ pub fn commit_decision(connection: &mut Connection, decided: &Decided) -> Result
         }
         for (clip_id, state) in &decided.clip_states {
             clips::set_state(tx, clip_id, *state)?;
+        }
+        for item in &decided.items {
+            if !clips::add_item(tx, item)? {
+                tracing::warn!(
+                    clip_id = %item.clip_id,
+                    code = %item.code,
+                    max = capture_protocol::MAX_ITEMS,
+                    "the clip holds the most item scans it carries; this one is only in its item_scanned event"
+                );
+            }
         }
         Ok(())
     })
@@ -313,6 +325,36 @@ mod tests {
         let pending = spool.call(|c| outbox::pending(c, 10)).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].message.payload, b"hello");
+    }
+
+    #[test]
+    fn an_item_scan_is_committed_with_its_decision_on_every_clip_recording() {
+        let (_dir, mut connection) = test_support::database();
+        for clip_id in ["01JD0000000000000000000001", "01JD0000000000000000000002"] {
+            clips::insert(&connection, &clips::tests::new_clip(clip_id)).unwrap();
+        }
+        inbox::record(&connection, "scan-1", b"{}").unwrap();
+        let decided = Decided {
+            command_id: "scan-1".into(),
+            reply: r#"{"event":"item_scanned"}"#.into(),
+            items: ["01JD0000000000000000000001", "01JD0000000000000000000002"]
+                .map(|clip_id| ClipItem {
+                    clip_id: clip_id.into(),
+                    code: "4006381333931".into(),
+                    at: "2026-11-23T10:00:05Z".into(),
+                })
+                .to_vec(),
+            messages: vec![OutboxMessage::new("t", b"m".to_vec(), false)],
+            ..Decided::default()
+        };
+        commit_decision(&mut connection, &decided).unwrap();
+        for clip_id in ["01JD0000000000000000000001", "01JD0000000000000000000002"] {
+            let row = clips::get(&connection, clip_id).unwrap().unwrap();
+            assert_eq!(
+                row.items.as_deref(),
+                Some(r#"[{"code":"4006381333931","at":"2026-11-23T10:00:05Z"}]"#)
+            );
+        }
     }
 
     #[test]

@@ -81,6 +81,12 @@ const MIGRATIONS: &[&str] = &[
     -- One 16-byte MD5 per part of the plan, concatenated in part order.
     ALTER TABLE clips ADD COLUMN part_md5s BLOB;
     "#,
+    // 3: the item scans of a clip (capture_protocol::item): a JSON array of
+    // {"code": ..., "at": ...} in the order they were read, at most MAX_ITEMS, appended in the
+    // transaction that commits the scan's decision. NULL: none.
+    r#"
+    ALTER TABLE clips ADD COLUMN items TEXT;
+    "#,
 ];
 
 /// Brings the database to the newest schema.

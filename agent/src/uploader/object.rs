@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use capture_protocol::{
-    CameraName, ClipId, ClipKind, DeviceId, Env, Event, EventKind, Meta, OrderId, ProtocolV1,
-    Sha256Hex, StationId, Timestamp, Uploaded,
+    CameraName, ClipId, ClipKind, DeviceId, Env, Event, EventKind, ItemScan, Meta, OrderId,
+    ProtocolV1, Sha256Hex, StationId, Timestamp, Uploaded,
 };
 
 use super::client::ObjectSpec;
@@ -162,6 +162,14 @@ pub fn uploaded(
             problem: e.to_string(),
         })?,
     };
+    let items: Vec<ItemScan> = match clip.items.as_deref() {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(text).map_err(|e| InvalidRow {
+            clip_id: clip.clip_id.clone(),
+            field: "items",
+            problem: e.to_string(),
+        })?,
+    };
     let non_negative = |field: &'static str, value: i64| {
         u64::try_from(value).map_err(|_| InvalidRow {
             clip_id: clip.clip_id.clone(),
@@ -169,7 +177,7 @@ pub fn uploaded(
             problem: format!("{value} is negative"),
         })
     };
-    Ok(Uploaded {
+    let mut uploaded = Uploaded {
         v: ProtocolV1,
         clip_id: object.clip_id.clone(),
         device: origin.device.clone(),
@@ -190,7 +198,18 @@ pub fn uploaded(
         clock_synced: clip.clock_synced,
         meta,
         etag: Some(parts.etag()),
-    })
+        items,
+    };
+    let left_out = uploaded.fit_items();
+    if left_out > 0 {
+        tracing::warn!(
+            clip_id = %clip.clip_id,
+            sent = uploaded.items.len(),
+            left_out,
+            "the clip's item scans do not all fit in its 64 KiB notification; the latest are only in their item_scanned events"
+        );
+    }
+    Ok(uploaded)
 }
 
 /// The outbox message carrying `uploaded`.
@@ -225,6 +244,7 @@ pub(crate) mod tests {
             truncated: false,
             clock_synced: true,
             meta: Some("{}".into()),
+            items: None,
             attempts: 0,
             last_error: None,
             bytes_sent: 0,
@@ -301,6 +321,41 @@ pub(crate) mod tests {
             serde_json::to_string(&notification.meta).unwrap(),
             r#"{"sku":"JERSEY-9","operator":"ana","batch":7}"#
         );
+    }
+
+    #[test]
+    fn the_clips_item_scans_are_carried_and_a_damaged_list_is_refused() {
+        let env: Env = "prod".parse().unwrap();
+        let mut clip = sealed_row();
+        let object = ClipObject::of(&clip, &env).unwrap();
+        let (device, station) = ("pi-07".parse().unwrap(), "pack-03".parse().unwrap());
+        let origin = Origin {
+            env: &env,
+            device: &device,
+            station: &station,
+            bucket: "b",
+        };
+        let none = uploaded(&clip, &object, &origin, &parts()).unwrap();
+        assert!(none.items.is_empty());
+        let items = r#"[{"code":"4006381333931","at":"2026-11-23T10:00:05.123Z"}]"#;
+        clip.items = Some(items.into());
+        let notification = uploaded(&clip, &object, &origin, &parts()).unwrap();
+        let json = serde_json::to_string(&notification).unwrap();
+        assert!(json.ends_with(&format!(r#""items":{items}}}"#)), "{json}");
+        assert!(capture_protocol::parse_uploaded(json.as_bytes(), &env).is_ok());
+        // Too many for 64 KiB: the earliest that fit are sent.
+        let long: Vec<String> = (0..1000)
+            .map(|i| format!(r#"{{"code":"{i:0256}","at":"2026-11-23T10:00:05Z"}}"#))
+            .collect();
+        clip.items = Some(format!("[{}]", long.join(",")));
+        let notification = uploaded(&clip, &object, &origin, &parts()).unwrap();
+        assert!(notification.items.len() < 1000 && !notification.items.is_empty());
+        assert!(
+            serde_json::to_vec(&notification).unwrap().len() <= capture_protocol::MAX_PAYLOAD_BYTES
+        );
+        clip.items = Some("{".into());
+        let error = uploaded(&clip, &object, &origin, &parts()).unwrap_err();
+        assert_eq!(error.field, "items");
     }
 
     #[test]

@@ -281,6 +281,7 @@ pub fn clip(order: &str, size: usize) -> (Vec<u8>, Uploaded) {
         meta: serde_json::from_str(r#"{"sku":"JERSEY-9","operator":"ana"}"#).expect("meta"),
         // What the store's ETag of a single PutObject of the content is (verify = "etag").
         etag: Some(hex::encode(<md5::Md5 as md5::Digest>::digest(&content))),
+        items: Vec::new(),
     };
     (content, uploaded)
 }

@@ -1,5 +1,7 @@
 //! What the line can ask for, through the whole system.
 
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use capture_tests::system::{System, SystemOptions, reply_clips};
@@ -110,4 +112,58 @@ async fn an_order_never_stopped_is_closed_at_max_secs_and_completes_as_truncated
     let stop = system.command_for("stop", "SO-E2E-MAX");
     let reply = system.command(stop).await.expect("stop");
     assert_eq!(reply["error"]["code"], "not_recording", "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_start_mark_items_and_stop_an_order_whose_clips_complete_with_their_items() {
+    // The packer's scanner in serial mode: a pseudo-terminal the agent reads.
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let device = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
+        .expect("the pty's path");
+    let mut scanner = std::fs::File::from(pty.master);
+    let mut scan = |code: &str| {
+        scanner
+            .write_all(format!("{code}\r\n").as_bytes())
+            .expect("the scanner writes");
+    };
+    let mut system = System::start(SystemOptions {
+        extra_toml: format!(
+            "\n[scanner]\ndevice = \"{}\"\norder_pattern = \"^SO-[A-Z0-9-]+$\"\nstop = \"CTL-STOP\"\n",
+            device.display()
+        ),
+        ..SystemOptions::default()
+    })
+    .await
+    .expect("system");
+
+    scan("SO-E2E-SCAN");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    scan("4006381333931");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    scan("4006381333948");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    scan("CTL-STOP");
+
+    let figures = audit(
+        &mut system,
+        "paths: scans start, mark items and stop an order",
+    )
+    .await;
+    assert_eq!(
+        (figures.clips, figures.completed),
+        (2, 2),
+        "one clip per camera"
+    );
+    for (clip, record) in &system.ledger.clips {
+        let (_, data) = record.completed.values().next().expect("completed");
+        assert_eq!(data["order"], "SO-E2E-SCAN");
+        let codes: Vec<&str> = data["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{clip}: no items in {data}"))
+            .iter()
+            .filter_map(|item| item["code"].as_str())
+            .collect();
+        assert_eq!(codes, ["4006381333931", "4006381333948"], "{clip}: {data}");
+    }
+    drop(pty.slave);
 }
