@@ -40,7 +40,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::catalog::{self, Decision, Entry, Poison, Pool, Recorded};
 pub use crate::config::MAX_PACKET_BYTES;
 use crate::config::MqttConfig;
-use crate::shutdown::{Backoff, sleep_or_shutdown};
+use crate::shutdown::{Backoff, next_batch, sleep_or_shutdown};
 use crate::stations::Stations;
 use crate::telemetry::Metrics;
 use crate::verify::Verifier;
@@ -240,18 +240,10 @@ impl Worker {
             })
         };
         loop {
-            let first = tokio::select! {
-                publish = from_link.recv() => publish,
-                _ = shutdown.changed() => None,
+            let Some(batch) = next_batch(&mut from_link, self.max_batch, &mut shutdown).await
+            else {
+                break;
             };
-            let Some(first) = first else { break };
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
-                match from_link.try_recv() {
-                    Ok(publish) => batch.push(publish),
-                    Err(_) => break,
-                }
-            }
             let Ok(verified) = self.prepare(batch, &mut shutdown).await else {
                 break;
             };

@@ -57,6 +57,27 @@ impl Backoff {
     }
 }
 
+/// The next batch from `from`: waits for one message (or shutdown: `None`, as when the
+/// channel closed), then takes what is already queued, up to `max` in all.
+pub async fn next_batch<T>(
+    from: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    max: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Vec<T>> {
+    let first = tokio::select! {
+        message = from.recv() => message,
+        _ = shutdown.changed() => None,
+    }?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match from.try_recv() {
+            Ok(message) => batch.push(message),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::catalog::{Poison, Pool};
 use crate::clip_state::{ClipState, StateChange};
-use crate::shutdown::{Backoff, sleep_or_shutdown};
+use crate::shutdown::{Backoff, next_batch, sleep_or_shutdown};
 use crate::telemetry::{Metrics, StationOutcome};
 
 /// The event kinds of protocol v1; any other `"event"` is a kind added by a newer agent.
@@ -221,18 +221,10 @@ impl Tracker {
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
-            let first = tokio::select! {
-                publish = from_link.recv() => publish,
-                _ = shutdown.changed() => None,
+            let Some(batch) = next_batch(&mut from_link, self.max_batch, &mut shutdown).await
+            else {
+                break;
             };
-            let Some(first) = first else { break };
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
-                match from_link.try_recv() {
-                    Ok(publish) => batch.push(publish),
-                    Err(_) => break,
-                }
-            }
             if !self.handle(&batch, &mut shutdown).await {
                 break;
             }

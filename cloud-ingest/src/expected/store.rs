@@ -257,6 +257,18 @@ pub struct Unanswered {
     pub seen_at: String,
 }
 
+impl Unanswered {
+    /// From a row of `station, command_id, order_id, seen_at` (UTC text).
+    fn from_row(row: &tokio_postgres::Row) -> Unanswered {
+        Unanswered {
+            station: row.get(0),
+            command_id: row.get(1),
+            order: row.get(2),
+            seen_at: row.get(3),
+        }
+    }
+}
+
 /// How far back `GET /v1/overdue` lists unanswered starts.
 pub const UNANSWERED_SHOWN: Duration = Duration::from_secs(24 * 3600);
 
@@ -282,15 +294,7 @@ pub async fn unanswered(
             &[&timeout, &order, &shown],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Unanswered {
-            station: r.get(0),
-            command_id: r.get(1),
-            order: r.get(2),
-            seen_at: r.get(3),
-        })
-        .collect())
+    Ok(rows.iter().map(Unanswered::from_row).collect())
 }
 
 /// Clips per station that are overdue now.
@@ -437,13 +441,5 @@ pub async fn report_unanswered(
             &[&reply_timeout.as_secs_f64(), &SWEEP_CHUNK],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Unanswered {
-            station: r.get(0),
-            command_id: r.get(1),
-            order: r.get(2),
-            seen_at: r.get(3),
-        })
-        .collect())
+    Ok(rows.iter().map(Unanswered::from_row).collect())
 }
