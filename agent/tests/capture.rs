@@ -38,11 +38,13 @@ async fn a_clip_holds_preroll_recorded_time_and_postroll_and_starts_on_a_keyfram
     })
     .await;
 
+    // The clip's bounds count from when the start and the stop were asked, however long the
+    // camera took to get to them.
+    let began = Instant::now();
     let started = camera
         .start_recording(request(dir.path(), "01CLIP", "SO-2026-000123"))
         .await
         .unwrap();
-    let began = Instant::now();
     assert_eq!(started.part, dir.path().join("01CLIP.mp4.part"));
     assert!(
         started.part.exists(),

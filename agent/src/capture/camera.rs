@@ -173,7 +173,8 @@ impl CameraHandle {
         &self,
         request: RecordingRequest,
     ) -> Result<RecordingStarted, CaptureError> {
-        self.call(|reply| Command::Start(Box::new(request), reply))
+        let asked = std::time::Instant::now();
+        self.call(|reply| Command::Start(Box::new(request), asked, reply))
             .await
     }
 
@@ -188,7 +189,8 @@ impl CameraHandle {
     pub fn stop_recording(
         &self,
     ) -> impl Future<Output = Result<SealedClip, CaptureError>> + Send + 'static {
-        self.send(Command::Stop)
+        let asked = std::time::Instant::now();
+        self.send(move |reply| Command::Stop(asked, reply))
     }
 
     /// Waits until the camera holds no recording (a stop's post-roll and EOS are over; its
@@ -270,6 +272,57 @@ mod tests {
                 .try_send(Msg::Command(Command::Fault(error)))
                 .unwrap();
         }
+
+        fn stall(&self, busy: Duration) {
+            self.tx
+                .try_send(Msg::Command(Command::Stall(busy)))
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_that_waits_behind_a_busy_camera_ends_the_clip_when_it_was_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = CameraSpec::new("busy", Source::Test);
+        spec.resolution = "320x240".parse().unwrap();
+        spec.preroll = Duration::ZERO;
+        spec.postroll = Duration::from_millis(500);
+        let postroll = spec.postroll;
+        let camera = Camera::start(spec).unwrap();
+        camera
+            .wait_until_running(Duration::from_secs(20))
+            .await
+            .unwrap();
+        let request = RecordingRequest {
+            clip_id: "asked".into(),
+            order: "SO-6".into(),
+            station: "pack-01".into(),
+            dir: dir.path().to_path_buf(),
+            preroll: None,
+            postroll: None,
+            part_size: crate::digest::DEFAULT_PART_SIZE,
+        };
+        let asked_start = std::time::Instant::now();
+        camera.start_recording(request).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The camera is busy for 3 s; the stop asked now waits in its inbox behind the frames.
+        let stall = Duration::from_secs(3);
+        camera.stall(stall);
+        let recorded = asked_start.elapsed();
+        let clip = camera.stop_recording().await.unwrap();
+        assert!(!clip.truncated);
+        assert!(
+            clip.duration <= recorded + postroll + Duration::from_millis(500),
+            "the clip runs {:?}: it ends {postroll:?} after the stop was asked ({recorded:?} \
+             after the start), not {stall:?} later when the camera got to it",
+            clip.duration
+        );
+        assert!(
+            clip.duration >= Duration::from_millis(500),
+            "{:?}",
+            clip.duration
+        );
+        camera.shutdown().await;
     }
 
     #[tokio::test]

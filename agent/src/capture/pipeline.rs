@@ -268,6 +268,14 @@ impl CameraPipeline {
         }
     }
 
+    /// The pipeline's running time at `asked` (an instant not after now): a start or a stop
+    /// that waited in the camera's inbox behind frames still counts from when it was asked,
+    /// so a busy camera (a slow Pi, a loaded machine) neither stretches nor shifts the clip.
+    pub(crate) fn running_time_at(&self, asked: std::time::Instant) -> Option<gst::ClockTime> {
+        let waited = gst::ClockTime::from_nseconds(asked.elapsed().as_nanos() as u64);
+        Some(self.running_time()?.saturating_sub(waited))
+    }
+
     /// Anchors the overlay's clock: a frame with running time `t` shows `epoch + t`, where
     /// `epoch` is UTC now minus the running time now. Returns the epoch.
     pub(crate) fn anchor_overlay_clock(&self) -> Option<OffsetDateTime> {

@@ -48,14 +48,19 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, CaptureError>>;
 
 #[derive(Debug)]
 pub(super) enum Command {
-    Start(Box<RecordingRequest>, Reply<RecordingStarted>),
-    Stop(Reply<SealedClip>),
+    /// A start, with the moment it was asked: the pre-roll is counted back from then.
+    Start(Box<RecordingRequest>, Instant, Reply<RecordingStarted>),
+    /// A stop, with the moment it was asked: the post-roll is counted on from then.
+    Stop(Instant, Reply<SealedClip>),
     Abort(Reply<()>),
     Snapshot(Reply<Snapshot>),
     Shutdown(Option<oneshot::Sender<()>>),
     /// Tests only: behave as if the pipeline had failed with this error.
     #[cfg(test)]
     Fault(CaptureError),
+    /// Tests only: keep the actor busy this long, as a slow Pi or a loaded machine would.
+    #[cfg(test)]
+    Stall(Duration),
 }
 
 #[derive(Debug)]
@@ -198,11 +203,11 @@ impl Actor {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Start(request, reply) => {
-                let result = self.start_recording(*request);
+            Command::Start(request, asked, reply) => {
+                let result = self.start_recording(*request, asked);
                 let _ = reply.send(result);
             }
-            Command::Stop(reply) => self.stop_recording(reply),
+            Command::Stop(asked, reply) => self.stop_recording(asked, reply),
             Command::Abort(reply) => {
                 let result = self.abort_recording();
                 let _ = reply.send(result);
@@ -210,6 +215,8 @@ impl Actor {
             Command::Snapshot(reply) => self.snapshot(reply),
             #[cfg(test)]
             Command::Fault(error) => self.fail_pipeline(error),
+            #[cfg(test)]
+            Command::Stall(busy) => std::thread::sleep(busy),
             Command::Shutdown(done) => {
                 tracing::info!("camera shutting down");
                 if self.shutdown.is_none() {

@@ -73,6 +73,7 @@ impl Actor {
     pub(super) fn start_recording(
         &mut self,
         request: RecordingRequest,
+        asked: Instant,
     ) -> Result<RecordingStarted, CaptureError> {
         request.validate(&self.spec.name)?;
         if let Some(rec) = &self.recording {
@@ -81,7 +82,7 @@ impl Actor {
                 path: rec.part(),
             });
         }
-        let now = self.running_pipeline()?.running_time();
+        let now = self.running_pipeline()?.running_time_at(asked);
         let unavailable = || CaptureError::Unavailable {
             camera: self.spec.name.clone(),
             cause: None,
@@ -142,9 +143,12 @@ impl Actor {
         })
     }
 
-    pub(super) fn stop_recording(&mut self, reply: Reply<SealedClip>) {
+    pub(super) fn stop_recording(&mut self, asked: Instant, reply: Reply<SealedClip>) {
         let camera = self.spec.name.clone();
-        let now = self.pipeline.as_ref().and_then(|p| p.running_time());
+        let now = self
+            .pipeline
+            .as_ref()
+            .and_then(|p| p.running_time_at(asked));
         let Some(rec) = &mut self.recording else {
             match std::mem::replace(&mut self.cut_clip, CutClip::None) {
                 CutClip::Ready(result) => {
