@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | `GET /v1/orders/{order}/clips` | `clips:read` | the clips of an order, each with a presigned GET URL and its state; the clips known only from the stations' events (`expected`, with where each is and since when); its unanswered starts |
 //! | `GET /v1/overdue` | `clips:read` | overdue clips and unanswered starts, by station, with the station's presence |
-//! | `GET /v1/clips/{id}` | `clips:read` | one clip, with a presigned GET URL |
+//! | `GET /v1/clips/{id}` | `clips:read` | one clip, with a presigned GET URL and its state; a clip known only from the stations' events, with its order, where it is and since when |
 //! | `GET /v1/stations` | `stations:read` | the last retained status of every station (online/offline, queue) |
 //! | `GET /healthz` | open | 200 while the process serves (liveness) |
 //! | `GET /readyz` | open | 200 when MQTT, PostgreSQL and RabbitMQ are reachable and the consumer is not stalled (`http.stalled_after`), else 503 |
@@ -293,14 +293,37 @@ async fn one_clip(
         ApiError::new(StatusCode::BAD_REQUEST, "bad_clip_id", e.to_string())
     })?;
     let ttl = state.url_ttl(&query)?;
-    let clip = catalog::clip(&state.pool, &clip_id).await?.ok_or_else(|| {
-        ApiError::new(
+    let (clip, life) = futures::try_join!(
+        catalog::clip(&state.pool, &clip_id),
+        expected::clip(&state.pool, clip_id.as_str(), state.deadlines()),
+    )?;
+    match (clip, life) {
+        (Some(clip), life) => {
+            let mut view = state.view(clip, &caller, ttl).await?;
+            if let Some(life) = life {
+                view.state = life.state.as_str();
+                view.state_since = Some(life.since);
+            }
+            Ok(axum::Json(serde_json::to_value(view).map_err(internal)?))
+        }
+        // Known only from the stations' events: where it is and since when, as in the order's
+        // `expected` list, with its order.
+        (None, Some(life)) => {
+            let order = life.order.clone();
+            let mut view = serde_json::to_value(state.expected_view(life)).map_err(internal)?;
+            view["order"] = json!(order);
+            Ok(axum::Json(view))
+        }
+        (None, None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no clip {clip_id}"),
-        )
-    })?;
-    Ok(axum::Json(state.view(clip, &caller, ttl).await?))
+        )),
+    }
+}
+
+fn internal(e: serde_json::Error) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
 /// A clip the stations announced that is not in the catalog: its state, where it is and

@@ -281,6 +281,12 @@ async fn the_normal_path_is_never_overdue_and_each_transition_is_recorded_once_i
     assert_eq!(order["clips"][0]["state"], json!("accepted"));
     assert_eq!(order["clips"][0]["status"], json!("accepted"));
     assert_eq!(order["expected"], json!([]));
+    let (status, one) = ingest
+        .get_json(&format!("/v1/clips/{}", normal.clip_id))
+        .await?;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["state"], json!("accepted"), "{one}");
+    assert!(one["state_since"].is_string(), "{one}");
     let (_, overdue) = ingest.get_json("/v1/overdue").await?;
     let stations: Vec<&Value> = overdue["stations"]
         .as_array()
@@ -340,6 +346,17 @@ async fn a_clip_recorded_and_never_uploaded_becomes_overdue_once() -> Result<()>
         json!(lost.clip_id.to_string())
     );
     assert_eq!(order["expected"][0]["overdue"], json!(true));
+    // The clip id of the overdue event leads to the clip, not to a 404.
+    let (status, one) = ingest
+        .get_json(&format!("/v1/clips/{}", lost.clip_id))
+        .await?;
+    assert_eq!(status, 200, "a clip known only from events is known: {one}");
+    assert_eq!(one["clip_id"], json!(lost.clip_id.to_string()));
+    assert_eq!(one["order"], json!("SO-LOST"));
+    assert_eq!(one["state"], json!("recorded"));
+    assert_eq!(one["overdue"], json!(true));
+    assert_eq!(one["location"]["at"], json!("station"));
+    assert_eq!(one["location"]["station"], json!("pack-05"));
 
     // Emitted once, however many sweeps see it overdue.
     core.nothing_more_within(Duration::from_secs(2)).await?;

@@ -209,6 +209,23 @@ pub async fn clips_of_order(
     Ok(rows.iter().map(expected_clip).collect())
 }
 
+/// One expected clip by its id, if the stations' events announced it.
+pub async fn clip(
+    pool: &Pool,
+    clip_id: &str,
+    deadlines: Deadlines,
+) -> Result<Option<ExpectedClip>, CatalogError> {
+    let conn = pool.get().await?;
+    let (after, recording) = deadlines.seconds();
+    let row = conn
+        .query_opt(
+            &format!("{} WHERE clip_id = $3", select_clip()),
+            &[&after, &recording, &clip_id],
+        )
+        .await?;
+    Ok(row.as_ref().map(expected_clip))
+}
+
 /// Every overdue clip, by station, oldest first.
 pub async fn overdue(pool: &Pool, deadlines: Deadlines) -> Result<Vec<ExpectedClip>, CatalogError> {
     let conn = pool.get().await?;
