@@ -280,30 +280,42 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_stop_that_waits_behind_a_busy_camera_ends_the_clip_when_it_was_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut spec = CameraSpec::new("busy", Source::Test);
+    /// A 320x240 test camera with no pre-roll, running.
+    async fn running_camera(name: &str, postroll: Duration) -> CameraHandle {
+        let mut spec = CameraSpec::new(name, Source::Test);
         spec.resolution = "320x240".parse().unwrap();
         spec.preroll = Duration::ZERO;
-        spec.postroll = Duration::from_millis(500);
-        let postroll = spec.postroll;
+        spec.postroll = postroll;
         let camera = Camera::start(spec).unwrap();
         camera
             .wait_until_running(Duration::from_secs(20))
             .await
             .unwrap();
-        let request = RecordingRequest {
-            clip_id: "asked".into(),
-            order: "SO-6".into(),
+        camera
+    }
+
+    fn request(dir: &tempfile::TempDir, clip_id: &str, order: &str) -> RecordingRequest {
+        RecordingRequest {
+            clip_id: clip_id.into(),
+            order: order.into(),
             station: "pack-01".into(),
             dir: dir.path().to_path_buf(),
             preroll: None,
             postroll: None,
             part_size: crate::digest::DEFAULT_PART_SIZE,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_that_waits_behind_a_busy_camera_ends_the_clip_when_it_was_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let postroll = Duration::from_millis(500);
+        let camera = running_camera("busy", postroll).await;
         let asked_start = std::time::Instant::now();
-        camera.start_recording(request).await.unwrap();
+        camera
+            .start_recording(request(&dir, "asked", "SO-6"))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
         // The camera is busy for 3 s; the stop asked now waits in its inbox behind the frames.
         let stall = Duration::from_secs(3);
@@ -328,24 +340,11 @@ mod tests {
     #[tokio::test]
     async fn a_camera_failure_cuts_the_clip_and_the_pipeline_comes_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spec = CameraSpec::new("flaky", Source::Test);
-        spec.resolution = "320x240".parse().unwrap();
-        spec.preroll = Duration::ZERO;
-        let camera = Camera::start(spec).unwrap();
-        camera
-            .wait_until_running(Duration::from_secs(20))
+        let camera = running_camera("flaky", CameraSpec::new("flaky", Source::Test).postroll).await;
+        let started = camera
+            .start_recording(request(&dir, "cut-by-fault", "SO-5"))
             .await
             .unwrap();
-        let request = RecordingRequest {
-            clip_id: "cut-by-fault".into(),
-            order: "SO-5".into(),
-            station: "pack-01".into(),
-            dir: dir.path().to_path_buf(),
-            preroll: None,
-            postroll: None,
-            part_size: crate::digest::DEFAULT_PART_SIZE,
-        };
-        let started = camera.start_recording(request.clone()).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::fs::metadata(&started.part).map_or(0, |m| m.len()) < 20_000 {
             assert!(std::time::Instant::now() < deadline, "no fragment written");
@@ -380,11 +379,10 @@ mod tests {
         .expect("the camera came back")
         .unwrap();
         assert!(camera.status().restarts >= 1);
-        let again = RecordingRequest {
-            clip_id: "after-restart".into(),
-            ..request
-        };
-        camera.start_recording(again).await.unwrap();
+        camera
+            .start_recording(request(&dir, "after-restart", "SO-5"))
+            .await
+            .unwrap();
         let clip = camera.stop_recording().await.unwrap();
         assert!(!clip.truncated && clip.frames > 0);
         camera.shutdown().await;
